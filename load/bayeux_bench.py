@@ -1,0 +1,898 @@
+#!/usr/bin/env python3
+"""Bayeux/CometD load generator: fan-out, CometD's chat benchmark, idle sessions.
+
+Speaks the Bayeux wire protocol directly (websocket or long-polling) from N
+worker processes and reports delivered messages/s, end-to-end latency
+percentiles, server CPU and RSS, and client CPU (so a reader can tell which
+side saturated). Only 127.0.0.1 is ever targeted; every phase is time-bounded.
+
+    .venv/bin/python load/bayeux_bench.py fanout --spawn-server --transport websocket
+    .venv/bin/python load/bayeux_bench.py cometd-bench --spawn-server --transport long-polling
+    .venv/bin/python load/bayeux_bench.py idle --spawn-server --clients 10000
+    .venv/bin/python load/bayeux_bench.py fanout --url http://127.0.0.1:8080/cometd --rate 50,100
+
+See ``--help`` of each subcommand. ``--json FILE`` appends one JSON line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psutil
+from bayeux_client import BayeuxClient, BayeuxError, Endpoint
+from bench_stats import Histogram, Phase, PhaseCounters, Recorder
+
+REPO = Path(__file__).resolve().parent.parent
+SETUP_ERRORS = (BayeuxError, OSError, asyncio.TimeoutError)
+
+
+# ---------------------------------------------------------------------------
+# Plans: what each worker process simulates
+# ---------------------------------------------------------------------------
+@dataclass
+class WorkerPlan:
+    index: int
+    url: str
+    transport: str
+    subscriptions: list[list[str]]  # channels of each local client
+    publishers: list[int]  # local clients that publish
+    channels: list[str]  # channels publishers pick from at random
+    rate_share: float  # fraction of each phase's total publish rate
+    message_size: int
+    batch: int
+    max_backlog: float  # seconds of unacknowledged publishes before skipping
+    connect_concurrency: int
+    setup_timeout: float
+    deadline: float  # absolute time.time() by which the worker exits
+    cpus: list[int] | None
+    seed: int
+
+
+def split(items: list[Any], parts: int) -> list[list[Any]]:
+    return [items[i::parts] for i in range(parts)]
+
+
+def scenario_clients(args: argparse.Namespace) -> tuple[list[list[str]], list[bool], list[str]]:
+    """Subscriptions and publisher flag of every client, and the publish channels."""
+    if args.scenario == "fanout":
+        subs = [["/fanout/0"]] * args.clients + [[]]
+        return subs, [False] * args.clients + [True], ["/fanout/0"]
+    rooms = [f"/rooms/{r}" for r in range(args.rooms)]
+    if args.scenario == "cometd-bench":
+        rng = random.Random(args.seed)
+        per_client = min(args.rooms_per_client, len(rooms))
+        subs = [rng.sample(rooms, per_client) for _ in range(args.clients)]
+        return subs, [True] * args.clients, rooms
+    subs = [[rooms[i % len(rooms)]] if rooms else [] for i in range(args.clients)]
+    return subs, [False] * args.clients, []
+
+
+def build_plans(args: argparse.Namespace, url: str, run_seconds: float) -> list[WorkerPlan]:
+    subs, is_pub, channels = scenario_clients(args)
+    order = list(range(len(subs)))
+    if args.scenario == "fanout":  # the publisher goes alone to the last worker
+        order = order[:-1]
+    shares = split(order, args.workers)
+    if args.scenario == "fanout":
+        shares[-1].append(len(subs) - 1)
+    total_pubs = max(1, sum(is_pub))
+    setup_timeout = 60 + len(subs) / 100
+    plans = []
+    for index, share in enumerate(shares):
+        local_pubs = [i for i, g in enumerate(share) if is_pub[g]]
+        plans.append(WorkerPlan(
+            index=index, url=url, transport=args.transport,
+            subscriptions=[subs[g] for g in share], publishers=local_pubs, channels=channels,
+            rate_share=len(local_pubs) / total_pubs, message_size=args.message_size,
+            batch=args.batch, max_backlog=args.max_backlog,
+            connect_concurrency=args.connect_concurrency, setup_timeout=setup_timeout,
+            deadline=time.time() + setup_timeout + run_seconds + 120,
+            cpus=args.client_cpus, seed=args.seed * 1000 + index))
+    return plans
+
+
+def build_schedule(args: argparse.Namespace, start: float) -> list[Phase]:
+    """Absolute phase windows shared by every worker."""
+    phases: list[tuple[str, float, float, bool]] = []
+    if args.scenario == "idle":
+        phases.append(("hold", args.duration, 0.0, True))
+    else:
+        if args.warmup > 0:
+            phases.append(("warmup", args.warmup, args.rates[0], False))
+        phases += [(f"rate {r:g}", args.duration, r, True) for r in args.rates]
+        phases.append(("drain", args.drain, 0.0, False))
+    schedule, t = [], int(start * 1e9)
+    for name, seconds, rate, measured in phases:
+        end = t + int(seconds * 1e9)
+        schedule.append(Phase(name, t, end, rate, measured))
+        t = end
+    return schedule
+
+
+def run_seconds(args: argparse.Namespace) -> float:
+    if args.scenario == "idle":
+        return args.duration + args.settle
+    return args.warmup + args.duration * len(args.rates) + args.drain
+
+
+# ---------------------------------------------------------------------------
+# Worker process
+# ---------------------------------------------------------------------------
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def worker_main(plan: WorkerPlan, conn: Connection) -> None:
+    raise_nofile()
+    if plan.cpus:
+        os.sched_setaffinity(0, plan.cpus)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller decides when to stop
+    run_loop(Worker(plan, conn).run())
+
+
+def recv(conn: Connection, timeout: float) -> tuple[str, Any]:
+    if not conn.poll(max(0.0, timeout)):
+        return ("timeout", None)
+    message: tuple[str, Any] = conn.recv()
+    return message
+
+
+class Worker:
+    def __init__(self, plan: WorkerPlan, conn: Connection) -> None:
+        self.plan = plan
+        self.conn = conn
+        self.recorder = Recorder()
+        self.endpoint = Endpoint.parse(plan.url)
+        self.clients: list[BayeuxClient | None] = []
+
+    async def run(self) -> None:
+        try:
+            await asyncio.wait_for(self._run(), max(1.0, self.plan.deadline - time.time()))
+        except TimeoutError:
+            self.recorder.error("worker deadline reached")
+        finally:
+            await self._close_all()
+
+    async def _run(self) -> None:
+        await self._setup()
+        self.conn.send(("ready", self._ready_report()))
+        kind, go = await asyncio.to_thread(recv, self.conn, self.plan.deadline - time.time())
+        if kind != "go":
+            return
+        schedule, expected = go
+        self.recorder.set_schedule(schedule)
+        if self.plan.publishers:
+            await Publisher(self.plan, self._publisher_clients(), self.recorder, expected) \
+                .run(schedule)
+        await sleep_until(schedule[-1].end_ns / 1e9)
+        self.conn.send(("result", self._result_report()))
+        await asyncio.to_thread(recv, self.conn, self.plan.deadline - time.time())
+
+    async def _setup(self) -> None:
+        gate = asyncio.Semaphore(self.plan.connect_concurrency)
+        deadline = time.time() + self.plan.setup_timeout
+        self.clients = list(await asyncio.gather(
+            *(self._open_client(subs, gate, deadline) for subs in self.plan.subscriptions)))
+
+    async def _open_client(self, channels: list[str], gate: asyncio.Semaphore,
+                           deadline: float) -> BayeuxClient | None:
+        async with gate:
+            for attempt in range(3):
+                if time.time() >= deadline:
+                    break
+                client = BayeuxClient(self.endpoint, self.plan.transport, self.recorder,
+                                      batch=self.plan.batch)
+                try:
+                    async with asyncio.timeout(min(30.0, max(0.1, deadline - time.time()))):
+                        await client.handshake()
+                        await client.subscribe(channels)
+                        await client.start(self.plan.deadline)
+                    return client
+                except SETUP_ERRORS as exc:
+                    self.recorder.error(f"setup {type(exc).__name__}", str(exc))
+                    await client.close(disconnect=False)
+                    await asyncio.sleep(0.2 * (attempt + 1))
+        return None
+
+    def _publisher_clients(self) -> list[BayeuxClient]:
+        return [c for i in self.plan.publishers if (c := self.clients[i]) is not None]
+
+    def _ready_report(self) -> dict[str, Any]:
+        channel_subs: Counter[str] = Counter()
+        for client, channels in zip(self.clients, self.plan.subscriptions, strict=True):
+            if client is not None:
+                channel_subs.update(channels)
+        established = sum(c is not None for c in self.clients)
+        return {"established": established, "failed": len(self.clients) - established,
+                "channel_subs": dict(channel_subs), "errors": dict(self.recorder.errors),
+                "samples": self.recorder.samples}
+
+    def _result_report(self) -> dict[str, Any]:
+        return {"counters": [c.to_wire() for c in self.recorder.counters],
+                "alive": sum(1 for c in self.clients if c is not None and c.alive),
+                "errors": dict(self.recorder.errors), "samples": self.recorder.samples}
+
+    async def _close_all(self) -> None:
+        clients = [c for c in self.clients if c is not None]
+        self.clients = []
+        gate = asyncio.Semaphore(self.plan.connect_concurrency)
+
+        async def close(client: BayeuxClient) -> None:
+            async with gate:
+                await client.close()
+
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(close(c) for c in clients)), 15.0)
+        with contextlib.suppress(OSError):
+            self.conn.send(("closed", None))
+
+
+async def sleep_until(when: float) -> None:
+    delay = when - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+class Publisher:
+    """Open-loop publisher: follows each phase's rate, batching when behind.
+
+    Each publish carries ``{"t": time_ns, "p": padding}`` sized to
+    ``message_size`` bytes of JSON; publishes more than ``max_backlog``
+    seconds' worth behind the schedule, or beyond that many unacknowledged,
+    are skipped and counted rather than queued without bound.
+    """
+
+    def __init__(self, plan: WorkerPlan, clients: list[BayeuxClient], recorder: Recorder,
+                 expected: dict[str, int]) -> None:
+        self.plan = plan
+        self.clients = clients
+        self.recorder = recorder
+        self.expected = expected
+        self.rng = random.Random(plan.seed)
+        self.padding = "x" * max(0, plan.message_size - len('{"t":1700000000000000000,"p":""}'))
+
+    async def run(self, schedule: list[Phase]) -> None:
+        if not self.clients:
+            self.recorder.error("no publisher connected")
+            return
+        for phase in schedule:
+            rate = phase.rate * self.plan.rate_share
+            if rate > 0:
+                await self._run_phase(phase, rate)
+            else:
+                await sleep_until(phase.end_ns / 1e9)
+
+    async def _run_phase(self, phase: Phase, rate: float) -> None:
+        await sleep_until(phase.start_ns / 1e9)
+        sent = 0
+        max_burst = max(self.plan.batch, int(rate * self.plan.max_backlog))
+        batch_ns = self.plan.batch / rate * 1e9
+        for _ in range(int(phase.seconds * (rate + 2000)) + 10):  # >= one wake per 0.5 ms
+            now = time.time_ns()
+            if now >= phase.end_ns:
+                break
+            due = int(rate * (now - phase.start_ns) / 1e9) + 1 - sent
+            if due > max_burst:  # we fell behind: drop the excess instead of bursting
+                for _ in range(due - max_burst):
+                    self.recorder.skipped(now)
+                sent += due - max_burst
+                due = max_burst
+            self._publish(due, now, max_burst)
+            sent += due
+            wake = phase.start_ns + (sent - 1) * 1e9 / rate + batch_ns
+            await asyncio.sleep(max(0.0005, (min(wake, phase.end_ns) - time.time_ns()) / 1e9))
+
+    def _publish(self, count: int, now: int, max_outstanding: int) -> None:
+        recorder, clients, channels = self.recorder, self.clients, self.plan.channels
+        for _ in range(count):
+            if recorder.outstanding() >= max_outstanding:
+                recorder.skipped(now)
+                continue
+            client = clients[self.rng.randrange(len(clients))] if len(clients) > 1 else clients[0]
+            channel = channels[self.rng.randrange(len(channels))]
+            client.publish(channel, {"t": time.time_ns(), "p": self.padding})
+            recorder.published(now, self.expected.get(channel, 0))
+
+
+# ---------------------------------------------------------------------------
+# Server handle and sampling (controller side)
+# ---------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_listener(port: int) -> int | None:
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                return conn.pid
+    except psutil.AccessDenied:
+        return None
+    return None
+
+
+def vm_hwm_kb(pid: int) -> int | None:
+    """Peak resident set size of ``pid`` (kB) from /proc/<pid>/status."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class Server:
+    """The server under test: spawned (pinned with taskset) or attached by pid."""
+
+    def __init__(self, url: str, pid: int | None, proc: subprocess.Popen[bytes] | None = None,
+                 command: list[str] | None = None, log: Path | None = None) -> None:
+        self.url = url
+        self.pid = pid
+        self.proc = proc
+        self.command = command or []
+        self.log = log
+        self.process = psutil.Process(pid) if pid else None
+
+    @classmethod
+    def spawn(cls, args: argparse.Namespace) -> Server:
+        port = free_port()
+        path = Endpoint.parse(args.url).path
+        command = [args.server_python, "-m", "bayeux", "--host", "127.0.0.1", "--port", str(port)]
+        for option in args.server_option:
+            command += ["--option", option]
+        if shutil.which("taskset"):
+            command = ["taskset", "-c", ",".join(map(str, args.server_cpus)), *command]
+        log = Path(f"/tmp/bayeux_bench_server_{port}.log")
+        with log.open("wb") as out:
+            proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        server = cls(f"http://127.0.0.1:{port}{path}", proc.pid, proc, command, log)
+        try:
+            server.wait_healthy(port, 30.0)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    @classmethod
+    def attach(cls, args: argparse.Namespace) -> Server:
+        pid = args.server_pid or find_listener(Endpoint.parse(args.url).port)
+        if pid is None:
+            print("warning: server pid unknown (use --server-pid): no server CPU/RSS figures",
+                  file=sys.stderr)
+        return cls(args.url, pid)
+
+    def wait_healthy(self, port: int, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = self.log.read_text()[-2000:] if self.log else ""
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as rsp:
+                    if rsp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not healthy after {timeout:.0f}s")
+
+    def rss_kb(self) -> int | None:
+        if self.process is None:
+            return None
+        try:
+            return int(self.process.memory_info().rss // 1024)
+        except psutil.Error:
+            return None
+
+    def cpu_seconds(self) -> float | None:
+        if self.process is None:
+            return None
+        try:
+            times = self.process.cpu_times()
+            return float(times.user + times.system)
+        except psutil.Error:
+            return None
+
+    def peak_rss_kb(self) -> int | None:
+        return vm_hwm_kb(self.pid) if self.pid else None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+@dataclass
+class Snapshot:
+    wall: float
+    server_cpu: float | None
+    client_cpu: float
+    core_busy: list[float]
+    core_total: list[float]
+
+
+class Sampler:
+    """CPU snapshots at phase boundaries and RSS samples in between."""
+
+    def __init__(self, server: Server, workers: list[int]) -> None:
+        self.server = server
+        self.workers = [psutil.Process(pid) for pid in workers]
+        self.workers.append(psutil.Process())  # the controller itself
+        self.max_rss_kb = 0
+
+    def snapshot(self) -> Snapshot:
+        client = 0.0
+        for proc in self.workers:
+            try:
+                times = proc.cpu_times()
+                client += times.user + times.system
+            except psutil.Error:
+                pass
+        cores = psutil.cpu_times(percpu=True)
+        busy = [c.user + c.nice + c.system + c.irq + c.softirq for c in cores]
+        total = [b + c.idle + c.iowait for b, c in zip(busy, cores, strict=True)]
+        return Snapshot(time.time(), self.server.cpu_seconds(), client, busy, total)
+
+    def sample_rss(self) -> int | None:
+        rss = self.server.rss_kb()
+        if rss is not None:
+            self.max_rss_kb = max(self.max_rss_kb, rss)
+        return rss
+
+    def watch_until(self, when: float, every: float = 0.25) -> int:
+        """Sample RSS until ``when``; return the max seen in that window (kB)."""
+        peak = 0
+        for _ in range(int(max(0.0, when - time.time()) / every) + 2):
+            peak = max(peak, self.sample_rss() or 0)
+            left = when - time.time()
+            if left <= 0:
+                break
+            time.sleep(min(every, left))
+        return peak
+
+
+def cpu_figures(before: Snapshot, after: Snapshot) -> dict[str, Any]:
+    wall = max(1e-9, after.wall - before.wall)
+    figures: dict[str, Any] = {"client_cpu_pct": round((after.client_cpu - before.client_cpu)
+                                                       / wall * 100, 1)}
+    if after.server_cpu is not None and before.server_cpu is not None:
+        figures["server_cpu_pct"] = round((after.server_cpu - before.server_cpu) / wall * 100, 1)
+    figures["core_busy_pct"] = [
+        round((b1 - b0) / max(1e-9, t1 - t0) * 100, 1)
+        for b0, b1, t0, t1 in zip(before.core_busy, after.core_busy, before.core_total,
+                                  after.core_total, strict=True)]
+    return figures
+
+
+# ---------------------------------------------------------------------------
+# Controller
+# ---------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    scenario: str
+    settings: dict[str, Any]
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    totals: dict[str, Any] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, str] = field(default_factory=dict)
+
+
+class Controller:
+    def __init__(self, args: argparse.Namespace, server: Server) -> None:
+        self.args = args
+        self.server = server
+        ctx = mp.get_context("spawn")
+        self.plans = build_plans(args, server.url, run_seconds(args))
+        self.pipes: list[Connection] = []
+        self.procs: list[Any] = []
+        for plan in self.plans:
+            parent_end, child_end = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(plan, child_end), daemon=True)
+            self.pipes.append(parent_end)
+            self.procs.append(proc)
+        self.result = RunResult(args.scenario, settings(args, server))
+
+    def run(self) -> RunResult:
+        rss_before = self.server.rss_kb()
+        for proc in self.procs:
+            proc.start()
+        try:
+            self._run(rss_before)
+        finally:
+            self._shutdown()
+        return self.result
+
+    def _run(self, rss_before: int | None) -> None:
+        ready = self._gather("ready", self.plans[0].setup_timeout + 30)
+        established = sum(r["established"] for r in ready)
+        self._note_errors(ready)  # replaced by the final (cumulative) counts below
+        self.result.totals.update(sessions=established,
+                                  setup_failed=sum(r["failed"] for r in ready))
+        expected: Counter[str] = Counter()
+        for report in ready:
+            expected.update(report["channel_subs"])
+        if self.args.scenario == "idle":
+            time.sleep(self.args.settle)
+            self._record_idle_rss(rss_before, established)
+        sampler = Sampler(self.server, [p.pid for p in self.procs])
+        schedule = build_schedule(self.args, time.time() + 0.5)
+        for pipe in self.pipes:
+            pipe.send(("go", (schedule, dict(expected))))
+        self._watch(sampler, schedule)
+        results = self._gather("result", 30.0)
+        if self.args.scenario == "idle":
+            self.result.totals["rss_end_kb"] = self.server.rss_kb()
+        self._aggregate(schedule, results)
+        self.result.server.update(max_rss_kb=sampler.max_rss_kb or None,
+                                  vm_hwm_kb=self.server.peak_rss_kb())
+
+    def _record_idle_rss(self, before: int | None, sessions: int) -> None:
+        after = self.server.rss_kb()
+        totals = self.result.totals
+        totals.update(rss_before_kb=before, rss_after_kb=after)
+        if before is not None and after is not None and sessions:
+            totals["rss_per_session_kb"] = round((after - before) / sessions, 2)
+
+    def _watch(self, sampler: Sampler, schedule: list[Phase]) -> None:
+        sleep_until_sync(schedule[0].start_ns / 1e9)
+        previous = sampler.snapshot()
+        for phase in schedule:
+            peak = sampler.watch_until(phase.end_ns / 1e9)
+            current = sampler.snapshot()
+            figures = cpu_figures(previous, current)
+            figures["server_rss_max_kb"] = peak or None
+            self.result.phases.append({"phase": phase.name, "measured": phase.measured,
+                                       "seconds": phase.seconds, "target_pub_rate": phase.rate,
+                                       **figures})
+            previous = current
+
+    def _aggregate(self, schedule: list[Phase], results: list[dict[str, Any]]) -> None:
+        merged = [PhaseCounters() for _ in range(len(schedule) + 2)]
+        for report in results:
+            for index, wire in enumerate(report["counters"]):
+                merged[index].merge(PhaseCounters.from_wire(wire))
+        self._note_errors(results)
+        for row, counters, phase in zip(self.result.phases, merged[1:-1], schedule, strict=True):
+            row.update(phase_figures(counters, phase.seconds))
+        total = PhaseCounters()
+        for counters in merged:
+            total.merge(counters)
+        measured = PhaseCounters()
+        for counters, phase in zip(merged[1:-1], schedule, strict=True):
+            if phase.measured:
+                measured.merge(counters)
+        loss = 1 - total.delivered / total.expected if total.expected else None
+        self.result.totals.update(
+            published=total.published, acked=total.acked, publish_failed=total.failed,
+            skipped=total.skipped, expected=total.expected, delivered=total.delivered,
+            untimed=total.untimed, loss_pct=None if loss is None else round(loss * 100, 3),
+            late_after_drain=merged[-1].delivered, connects=total.connects,
+            alive_at_end=sum(r["alive"] for r in results),
+            measured_latency_ms=latency_figures(measured.hist))
+
+    def _note_errors(self, reports: list[dict[str, Any]]) -> None:
+        errors: Counter[str] = Counter()
+        for report in reports:
+            errors.update(report["errors"])
+        self.result.errors = dict(errors)
+        for report in reports:
+            for kind, sample in report["samples"].items():
+                self.result.samples.setdefault(kind, sample)
+
+    def _gather(self, kind: str, timeout: float) -> list[Any]:
+        deadline = time.time() + timeout
+        replies = []
+        for index, pipe in enumerate(self.pipes):
+            got, payload = self._recv(pipe, deadline)
+            if got != kind:
+                raise RuntimeError(f"worker {index}: expected {kind!r}, got {got!r}")
+            replies.append(payload)
+        return replies
+
+    def _recv(self, pipe: Connection, deadline: float) -> tuple[str, Any]:
+        try:
+            return recv(pipe, deadline - time.time())
+        except (EOFError, OSError):
+            return ("dead", None)
+
+    def _shutdown(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(("stop", None))
+        deadline = time.time() + 20.0
+        for pipe in self.pipes:
+            self._recv(pipe, deadline)
+        for proc in self.procs:
+            proc.join(max(0.1, deadline - time.time()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2.0)
+
+
+def sleep_until_sync(when: float) -> None:
+    delay = when - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def latency_figures(hist: Histogram) -> dict[str, float | None]:
+    return {"p50": hist.percentile_ms(0.50), "p99": hist.percentile_ms(0.99),
+            "p99.9": hist.percentile_ms(0.999),
+            "max": hist.max_us / 1000 if hist.total else None}
+
+
+def phase_figures(counters: PhaseCounters, seconds: float) -> dict[str, Any]:
+    per_s = 1 / max(seconds, 1e-9)
+    return {"pub_rate": round(counters.published * per_s, 1),
+            "delivered_rate": round(counters.delivered * per_s, 1),
+            "expected_rate": round(counters.expected * per_s, 1),
+            "delivered": counters.delivered, "published": counters.published,
+            "skipped": counters.skipped, "connects": counters.connects,
+            "latency_ms": latency_figures(counters.hist)}
+
+
+def settings(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+    keys = ["transport", "clients", "rooms", "rooms_per_client", "rates", "message_size",
+            "batch", "duration", "warmup", "workers", "client_cpus", "label"]
+    data = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    try:
+        import uvloop  # noqa: F401
+        data["uvloop"] = True
+    except ImportError:
+        data["uvloop"] = False
+    data.update(url=server.url, server_pid=server.pid, server_command=server.command or None,
+                server_cpus=args.server_cpus if args.spawn_server else None)
+    return data
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def mb(kb: int | None) -> str:
+    return "-" if kb is None else f"{kb / 1024:,.1f}"
+
+
+def render(result: RunResult) -> str:
+    s = result.settings
+    lines = [f"== {result.scenario}: transport={s.get('transport')} clients={s.get('clients')} "
+             f"workers={s.get('workers')} client_cpus={s.get('client_cpus')} "
+             f"server_pid={s.get('server_pid')} server_cpus={s.get('server_cpus')} "
+             f"uvloop={s.get('uvloop')} url={s.get('url')}"]
+    if result.scenario == "idle":
+        lines += render_idle(result)
+    else:
+        lines += render_phases(result)
+    t = result.totals
+    if result.scenario != "idle":
+        lines.append(
+            f"totals: sessions {fmt(t.get('sessions'))} (setup failed {fmt(t.get('setup_failed'))})"
+            f", published {fmt(t.get('published'))}, acked {fmt(t.get('acked'))}, failed "
+            f"{fmt(t.get('publish_failed'))}, skipped {fmt(t.get('skipped'))}; delivered "
+            f"{fmt(t.get('delivered'))} of {fmt(t.get('expected'))} expected "
+            f"(loss {fmt(t.get('loss_pct'), 3)}%), untimed {fmt(t.get('untimed'))}, "
+            f"alive at end {fmt(t.get('alive_at_end'))}")
+    lines.append(f"server RSS: max sampled {mb(result.server.get('max_rss_kb'))} MB, "
+                 f"VmHWM (peak) {mb(result.server.get('vm_hwm_kb'))} MB")
+    for kind, count in sorted(result.errors.items()):
+        sample = result.samples.get(kind, "")
+        lines.append(f"error: {kind} x{count}" + (f"  e.g. {sample[:200]}" if sample else ""))
+    return "\n".join(lines)
+
+
+def render_phases(result: RunResult) -> list[str]:
+    head = (f"{'phase':<12}{'pub/s tgt':>10}{'pub/s':>10}{'deliv/s':>11}{'expect/s':>11}"
+            f"{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}{'srv cpu%':>9}"
+            f"{'cli cpu%':>9}{'cores busy%':>14}{'srv rss MB':>11}")
+    lines = [head]
+    for p in result.phases:
+        lat = p.get("latency_ms", {})
+        cores = "/".join(f"{c:.0f}" for c in p.get("core_busy_pct", []))
+        mark = "" if p["measured"] else "*"
+        lines.append(
+            f"{p['phase'] + mark:<12}{fmt(p['target_pub_rate'], 0):>10}"
+            f"{fmt(p.get('pub_rate'), 0):>10}{fmt(p.get('delivered_rate'), 0):>11}"
+            f"{fmt(p.get('expected_rate'), 0):>11}{fmt(lat.get('p50'), 2):>9}"
+            f"{fmt(lat.get('p99'), 2):>9}{fmt(lat.get('p99.9'), 2):>10}{fmt(lat.get('max'), 1):>9}"
+            f"{fmt(p.get('server_cpu_pct')):>9}{fmt(p.get('client_cpu_pct')):>9}{cores:>14}"
+            f"{mb(p.get('server_rss_max_kb')):>11}")
+    lines.append("(* = not measured: warmup / drain; cpu% is of one core)")
+    return lines
+
+
+def render_idle(result: RunResult) -> list[str]:
+    t = result.totals
+    hold = result.phases[0] if result.phases else {}
+    return [
+        f"sessions established {fmt(t.get('sessions'))} (failed {fmt(t.get('setup_failed'))}), "
+        f"alive after hold {fmt(t.get('alive_at_end'))}, connect replies during hold "
+        f"{fmt(hold.get('connects'))}",
+        f"server RSS before {mb(t.get('rss_before_kb'))} MB, after {mb(t.get('rss_after_kb'))} MB"
+        f", end of hold {mb(t.get('rss_end_kb'))} MB -> {fmt(t.get('rss_per_session_kb'), 2)} "
+        f"KB/session",
+        f"hold phase: server cpu {fmt(hold.get('server_cpu_pct'))}%, client cpu "
+        f"{fmt(hold.get('client_cpu_pct'))}%",
+    ]
+
+
+def append_json(path: str, result: RunResult) -> None:
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
+              "git": git_revision(), **asdict(result)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+def cpu_list(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus += range(int(low), int(high or low) + 1)
+    return cpus
+
+
+def rate_list(text: str) -> list[float]:
+    rates = [float(r) for r in text.split(",") if r]
+    if not rates or any(r < 0 for r in rates):
+        raise argparse.ArgumentTypeError("rates must be a comma list of numbers >= 0")
+    return rates
+
+
+def parser() -> argparse.ArgumentParser:
+    default_python = REPO / ".venv" / "bin" / "python"
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("target")
+    g.add_argument("--url", default="http://127.0.0.1:8080/cometd",
+                   help="Bayeux endpoint (127.0.0.1 only); with --spawn-server only its path")
+    g.add_argument("--transport", choices=["websocket", "long-polling"], default="websocket")
+    g.add_argument("--server-pid", type=int, help="pid to sample (default: who listens on port)")
+    g.add_argument("--spawn-server", action="store_true",
+                   help="start `python -m bayeux` pinned to --server-cpus, stop it afterwards")
+    g.add_argument("--server-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed as --option KEY=VALUE to the spawned server (repeatable)")
+    g.add_argument("--server-cpus", type=cpu_list, default=[0])
+    g.add_argument("--server-python", default=str(default_python if default_python.exists()
+                                                  else sys.executable))
+    g = common.add_argument_group("load")
+    g.add_argument("--clients", type=int, help="simulated clients (subscribers)")
+    g.add_argument("--workers", type=int, help="client processes (default: one per client cpu)")
+    g.add_argument("--client-cpus", type=cpu_list,
+                   help="pin client processes (default with --spawn-server: the other cores)")
+    g.add_argument("--duration", type=float, default=10.0, help="seconds per measured phase")
+    g.add_argument("--connect-concurrency", type=int, default=100,
+                   help="simultaneous session set-ups per worker")
+    g.add_argument("--seed", type=int, default=1)
+    g = common.add_argument_group("output")
+    g.add_argument("--json", metavar="FILE", help="append one JSON line per run to FILE")
+    g.add_argument("--label", default=None, help="free text stored with the JSON record")
+
+    traffic = argparse.ArgumentParser(add_help=False)
+    g = traffic.add_argument_group("traffic")
+    g.add_argument("--rate", dest="rates", type=rate_list,
+                   help="total publishes/s; a comma list runs one measured phase per rate (ramp)")
+    g.add_argument("--warmup", type=float, default=3.0,
+                   help="seconds at the first rate, unmeasured")
+    g.add_argument("--drain", type=float, default=2.0, help="seconds after publishing stops")
+    g.add_argument("--message-size", type=int, default=50, help="bytes of JSON in each data")
+    g.add_argument("--batch", type=int, default=1,
+                   help="publishes per frame/POST when on schedule (more when behind)")
+    g.add_argument("--max-backlog", type=float, default=1.0,
+                   help="seconds of unacknowledged publishes before new ones are skipped")
+
+    top = argparse.ArgumentParser(description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="scenario", required=True)
+    p = sub.add_parser("fanout", parents=[common, traffic],
+                       help="1 publisher, N subscribers on one channel")
+    p.set_defaults(clients=1000, rates=[100.0])
+    p = sub.add_parser("cometd-bench", parents=[common, traffic],
+                       help="CometD's benchmark: clients in rooms, random publishers")
+    p.add_argument("--rooms", type=int, default=100)
+    p.add_argument("--rooms-per-client", type=int, default=10)
+    p.set_defaults(clients=1000, rates=[900.0])
+    p = sub.add_parser("idle", parents=[common], help="N idle sessions: server RSS per session")
+    p.add_argument("--rooms", type=int, default=100,
+                   help="each session subscribes to one of this many channels (0: none)")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds between the last set-up and the RSS reading")
+    p.set_defaults(clients=10000)
+    return top
+
+
+def finish_args(args: argparse.Namespace) -> argparse.Namespace:
+    if args.clients < 1:
+        raise SystemExit("--clients must be >= 1")
+    Endpoint.parse(args.url)  # refuses anything but a local host
+    if args.client_cpus is None and args.spawn_server:
+        others = sorted(os.sched_getaffinity(0) - set(args.server_cpus))
+        args.client_cpus = others or None
+    if args.workers is None:
+        args.workers = len(args.client_cpus) if args.client_cpus else 1
+    args.workers = max(1, min(args.workers, args.clients))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = finish_args(parser().parse_args(argv))
+    raise_nofile()
+    if args.client_cpus:
+        os.sched_setaffinity(0, args.client_cpus)
+    server = Server.spawn(args) if args.spawn_server else Server.attach(args)
+    try:
+        result = Controller(args, server).run()
+    finally:
+        server.stop()
+    if server.log is not None:
+        result.settings["server_log"] = str(server.log)
+    print(render(result))
+    if args.json:
+        append_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
