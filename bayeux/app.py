@@ -1,15 +1,19 @@
-"""Mounting a Bayeux server into an aiohttp application."""
+"""Mounting a Bayeux server into an aiohttp application, and running one."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from .protocol import WEBSOCKET
 from .server import BayeuxServer
-from .transports.http import handle_http
+from .transports.http import cross_origin_headers, handle_http
 from .transports.websocket import handle_websocket
+
+BAYEUX_SERVER = web.AppKey("bayeux_server", BayeuxServer)
+"""Where `mount` leaves the server in the application, for handlers that need it."""
 
 # The CometD JS client appends the meta message type to the URL (appendMessageTypeToURL).
 _META_SUFFIX = "{meta:handshake|connect|disconnect|subscribe|unsubscribe}"
@@ -19,13 +23,22 @@ def mount(app: web.Application, server: BayeuxServer, *paths: str) -> None:
     """Serve `server` at each path (default `/cometd`): long-polling, callback-polling and
     websocket on one URL. The server starts and stops with the application."""
 
+    sockets: set[web.WebSocketResponse] = set()
+
     async def handle(request: web.Request) -> web.StreamResponse:
+        cors = cross_origin_headers(server.options, request)
+        if cors is None:
+            return web.Response(status=403, text="origin not allowed\n")
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if upgrade and WEBSOCKET in server.options.allowed_transports:
-            return await handle_websocket(server, request)
+            return await handle_websocket(server, request, sockets)
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers=cors)
         if request.method not in ("GET", "POST"):
-            raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
-        return await handle_http(server, request)
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST", "OPTIONS"])
+        response = await handle_http(server, request)
+        response.headers.update(cors)
+        return response
 
     for path in paths or ("/cometd",):
         path = path.rstrip("/")
@@ -37,4 +50,32 @@ def mount(app: web.Application, server: BayeuxServer, *paths: str) -> None:
         yield
         await server.close()
 
+    async def shutdown(app: web.Application) -> None:
+        # Answer held connects and close websockets now: otherwise a graceful shutdown
+        # waits for every held request to time out.
+        await server.close()
+        for ws in list(sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+    app[BAYEUX_SERVER] = server
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(shutdown)
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness for load balancers: 200 while this node can serve, 503 otherwise."""
+    server = request.app[BAYEUX_SERVER]
+    healthy = server.engine.healthy
+    body = {"status": "ok" if healthy else "unhealthy", "sessions": len(server.sessions)}
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+def run(app: web.Application, host: str, port: int) -> None:
+    """Serve an application until interrupted, on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    web.run_app(app, host=host, port=port, access_log=None, print=None)

@@ -50,6 +50,10 @@ class BayeuxOptions:
     """Held long-polls per browser before `multiple-clients` advice (HTTP/1.1 limit)."""
     multi_session_interval: int = 2_000
 
+    allowed_origins: tuple[str, ...] = ()
+    """Origins allowed to call from other sites (CORS, and the websocket Origin check);
+    `*` allows any. Empty: same-origin pages only, websocket from anywhere (as CometD)."""
+
     # Limits that keep a hostile or broken client from hurting the server.
     max_message_size: int = 1_048_576
     """Largest HTTP body or websocket frame accepted, in bytes."""
@@ -81,6 +85,17 @@ class BayeuxOptions:
             raise ValueError("slow_consumer_policy must be 'disconnect' or 'drop-oldest'")
         if self.duplicate_meta_connect_http_response_code < 400:
             raise ValueError("duplicate_meta_connect_http_response_code must be >= 400")
+
+    @classmethod
+    def from_pairs(cls, pairs: list[str]) -> BayeuxOptions:
+        """Build options from `key=value` pairs, as given to `--option` on a command line."""
+        values: dict[str, str] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"expected key=value, got {pair!r}")
+            values[key.strip()] = value.strip()
+        return cls.from_strings(values)
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> BayeuxOptions:

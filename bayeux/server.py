@@ -101,9 +101,11 @@ class BayeuxServer:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="bayeux-sweeper")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        """Remove every session (held connects are answered) and stop; safe to repeat."""
+        if self._sweeper is None:
+            return
+        self._sweeper.cancel()
+        self._sweeper = None
         for session in list(self.sessions.values()):
             self.remove_session(session, "shutdown")
         await self.engine.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
@@ -91,6 +91,30 @@ def set_browser_cookie(response: web.StreamResponse, options: BayeuxOptions, val
     if options.browser_cookie_partitioned:
         attributes.append("Partitioned")
     response.headers.add("Set-Cookie", "; ".join(attributes))
+
+
+def cross_origin_headers(options: BayeuxOptions, request: web.Request) -> dict[str, str] | None:
+    """CORS headers for a cross-site request, or None if its Origin is refused.
+
+    With no `allowed_origins` nothing is added and nothing refused (the browser then keeps
+    other sites from reading replies, as with CometD without its cross-origin filter).
+    """
+    origin = request.headers.get("Origin")
+    allowed = options.allowed_origins
+    if origin is None or not allowed or urlsplit(origin).netloc == request.host:
+        return {}
+    if "*" not in allowed and origin not in allowed:
+        return None
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+        "Access-Control-Allow-Headers": request.headers.get(
+            "Access-Control-Request-Headers", "Content-Type"
+        ),
+        "Access-Control-Max-Age": "86400",
+        "Vary": "Origin",
+    }
 
 
 async def _read_messages(request: web.Request, options: BayeuxOptions) -> list[Message]:

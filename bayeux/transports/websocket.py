@@ -56,7 +56,10 @@ class WebSocketLink:
         return True
 
 
-async def handle_websocket(server: BayeuxServer, request: web.Request) -> web.StreamResponse:
+async def handle_websocket(
+    server: BayeuxServer, request: web.Request, sockets: set[web.WebSocketResponse]
+) -> web.StreamResponse:
+    """Serve one websocket; `sockets` tracks open ones so shutdown can close them."""
     options = server.options
     ws = web.WebSocketResponse(
         max_msg_size=options.max_message_size,
@@ -72,6 +75,7 @@ async def handle_websocket(server: BayeuxServer, request: web.Request) -> web.St
     assert request.transport is not None
     link = WebSocketLink(request.transport, options.ws_write_buffer_limit)
     context.link = link
+    sockets.add(ws)
     try:
         async for frame in ws:
             if frame.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -83,6 +87,7 @@ async def handle_websocket(server: BayeuxServer, request: web.Request) -> web.St
                 break
             await _handle_frame(server, messages, context, link)
     finally:
+        sockets.discard(ws)
         _detach(server, link)
     return ws
 

@@ -3,6 +3,10 @@
 Each test runs one scenario of node/scenarios.mjs in a separate Node process, over websocket and
 over long-polling, and asserts on the JSON facts it prints. A failing scenario's message carries
 the client's last wire messages and the server's output.
+
+Run: `cd tests/interop/node && npm ci` once, then `.venv/bin/python -m pytest tests/interop`.
+One scenario by hand: `node tests/interop/node/scenarios.mjs wildcards http://127.0.0.1:PORT/cometd
+long-polling` against a running `python -m bayeux --port PORT`.
 """
 
 from __future__ import annotations
@@ -58,8 +62,9 @@ def server_output_on_failure(server: ServerProcess) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """One server for the scenarios that leave it running; each uses its own channels."""
+def server_process() -> Iterator[ServerProcess]:
+    """One server process for the scenarios that leave it running; each uses its own channels.
+    (Not `server`: tests/conftest.py has an in-process one by that name.)"""
     with running_bayeux_server() as running:
         yield running
 
@@ -89,10 +94,19 @@ def describe_sequence(received: list[int], count: int) -> str:
     )
 
 
+def assert_session_probe(probe: Result, message_id: str, *, successful: bool) -> Result:
+    """The reply to message_id in a raw HTTP probe the disconnect scenario made."""
+    assert probe["httpStatus"] == 200, probe
+    replies: list[Result] = probe["replies"]
+    [reply] = [reply for reply in replies if reply.get("id") == message_id]
+    assert reply["successful"] is successful, probe
+    return reply
+
+
 def test_handshake_assigns_distinct_client_ids_and_negotiates_requested_transport(
-    server: ServerProcess, transport: str
+    server_process: ServerProcess, transport: str
 ) -> None:
-    result = run_scenario(server, "handshake", transport)
+    result = run_scenario(server_process, "handshake", transport)
 
     first, second = result["clientIds"]
     assert isinstance(first, str) and first
@@ -106,9 +120,9 @@ def test_handshake_assigns_distinct_client_ids_and_negotiates_requested_transpor
 
 
 def test_broadcast_reaches_every_subscriber_including_the_publisher(
-    server: ServerProcess, transport: str
+    server_process: ServerProcess, transport: str
 ) -> None:
-    result = run_scenario(server, "broadcast", transport)
+    result = run_scenario(server_process, "broadcast", transport)
 
     channel = result["channel"]
     assert result["publishAcks"] == [True, True, True]
@@ -123,9 +137,9 @@ def test_broadcast_reaches_every_subscriber_including_the_publisher(
 
 
 def test_wildcard_subscriptions_match_one_and_many_segments(
-    server: ServerProcess, transport: str
+    server_process: ServerProcess, transport: str
 ) -> None:
-    result = run_scenario(server, "wildcards", transport)
+    result = run_scenario(server_process, "wildcards", transport)
 
     root = result["root"]
     # published, in order: root/a/b, root, root+"cat"/a, root/a, root/a/b/c, /other+root/a, root/end
@@ -137,19 +151,23 @@ def test_wildcard_subscriptions_match_one_and_many_segments(
     assert result["multi"]["notified"] == multi
 
 
-def test_service_echo_replies_to_the_sender_only(server: ServerProcess, transport: str) -> None:
-    result = run_scenario(server, "service-echo", transport)
+def test_service_echo_replies_to_the_sender_only(
+    server_process: ServerProcess, transport: str
+) -> None:
+    result = run_scenario(server_process, "service-echo", transport)
 
     assert result["ack"] == {"successful": True, "channel": "/service/echo"}
     assert result["echoes"] == [{"channel": "/service/echo", "data": result["request"]}]
     assert result["senderServiceDeliveries"] == 1
     # The other client, subscribed to /**, saw the later broadcast barrier but not the echo.
-    assert result["observerServiceDeliveries"] == 0
+    assert result["observerServiceDeliveries"] == 0, "a /** subscriber got the /service/echo reply"
     assert result["observerChannels"] == [result["barrier"]]
 
 
-def test_remote_call_returns_the_request_data(server: ServerProcess, transport: str) -> None:
-    result = run_scenario(server, "remote-call", transport)
+def test_remote_call_returns_the_request_data(
+    server_process: ServerProcess, transport: str
+) -> None:
+    result = run_scenario(server_process, "remote-call", transport)
 
     expected = [
         {"successful": True, "channel": "/service/rpc/echo", "data": request, "error": None}
@@ -158,8 +176,8 @@ def test_remote_call_returns_the_request_data(server: ServerProcess, transport: 
     assert result["replies"] == expected
 
 
-def test_unsubscribe_stops_delivery(server: ServerProcess, transport: str) -> None:
-    result = run_scenario(server, "unsubscribe", transport)
+def test_unsubscribe_stops_delivery(server_process: ServerProcess, transport: str) -> None:
+    result = run_scenario(server_process, "unsubscribe", transport)
 
     assert result["unsubscribeReply"] == {"successful": True, "subscription": result["channel"]}
     assert result["notified"] == [1]
@@ -167,25 +185,24 @@ def test_unsubscribe_stops_delivery(server: ServerProcess, transport: str) -> No
 
 
 def test_disconnect_is_acknowledged_and_the_session_is_forgotten(
-    server: ServerProcess, transport: str
+    server_process: ServerProcess, transport: str
 ) -> None:
-    result = run_scenario(server, "disconnect", transport)
+    result = run_scenario(server_process, "disconnect", transport)
 
     assert result["reply"] == {"successful": True, "channel": "/meta/disconnect", "error": None}
     assert result["statusAfter"] == "disconnected"
     assert result["clientIdAfter"] is None
-    probe = result["probe"]
-    assert probe["httpStatus"] == 200
-    [reply] = [reply for reply in probe["replies"] if reply["channel"] == "/meta/connect"]
-    assert reply["successful"] is False
-    assert reply["error"] == "402::session_unknown"
-    assert reply["advice"]["reconnect"] == "handshake"
+    if transport == "long-polling":  # raw HTTP probes as the client's browser (see scenarios.mjs)
+        assert_session_probe(result["probeBefore"], "probe-1", successful=True)
+        reply = assert_session_probe(result["probeAfter"], "probe-2", successful=False)
+        assert reply["error"] == "402::session_unknown"
+        assert reply["advice"]["reconnect"] == "handshake"
 
 
 def test_ack_extension_is_negotiated_and_messages_arrive(
-    server: ServerProcess, transport: str
+    server_process: ServerProcess, transport: str
 ) -> None:
-    result = run_scenario(server, "ack", transport)
+    result = run_scenario(server_process, "ack", transport)
 
     assert result["handshakeRequestExt"] == {"ack": True}
     assert result["handshakeReplyExt"]["ack"] is True
@@ -199,9 +216,9 @@ def test_ack_extension_is_negotiated_and_messages_arrive(
 
 
 def test_thousand_messages_arrive_in_order_without_loss_or_duplicates(
-    server: ServerProcess, transport: str
+    server_process: ServerProcess, transport: str
 ) -> None:
-    result = run_scenario(server, "ordered", transport)
+    result = run_scenario(server_process, "ordered", transport)
 
     count = result["count"]
     assert count == 1000

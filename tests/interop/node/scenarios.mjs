@@ -11,12 +11,49 @@
 // The "rehandshake" scenario also talks to its driver: it prints "READY" once subscribed, then
 // waits for a "RESTARTED" line on stdin (the driver restarts the server in between).
 // Client logs go to stderr: stdout carries only "READY" and the result line.
+// Environment: SCENARIO_WAIT_MS (default 10000) bounds each wait for a reply or a message;
+// SCENARIO_TIMEOUT_MS (default 30000, doubled for "ordered" and "rehandshake") bounds the whole run.
 
 import { Console } from "node:console";
 import { createInterface } from "node:readline";
 import { adapt } from "cometd-nodejs-client";
 
-adapt();
+// Every Client is a browser of its own, with its own cookie jar (for BAYEUX_BROWSER). The adapter's
+// default jar is shared by all CometD objects in the process, like the tabs of one browser: then
+// concurrent handshakes race for the browser cookie (the loser's session is refused with 402,
+// as CometD's Java server does too) and long-polls beyond the first get "multiple-clients" advice.
+// The adapter's cookie hooks are not told which client a request is for, so each client names
+// itself in a request header.
+const CLIENT_HEADER = "X-Interop-Client";
+const cookieJars = new Map();
+
+/** Cookie name -> "name=value" for one client. */
+function cookieJar(client) {
+    if (!cookieJars.has(client)) {
+        cookieJars.set(client, new Map());
+    }
+    return cookieJars.get(client);
+}
+
+function requestCookieJar(uri) {
+    return cookieJar(uri.headers?.[CLIENT_HEADER] ?? "");
+}
+
+adapt({
+    cookies: {
+        storeCookie(uri, header, callback) {
+            const nameValue = header.split(";")[0].trim();
+            const equals = nameValue.indexOf("=");
+            if (equals > 0) {
+                requestCookieJar(uri).set(nameValue.slice(0, equals), nameValue);
+            }
+            callback(null);
+        },
+        retrieveCookies(context, uri, callback) {
+            callback(null, [...requestCookieJar(uri).values()]);
+        },
+    },
+});
 window.console = new Console({ stdout: process.stderr, stderr: process.stderr });
 const { CometD, AckExtension } = await import("cometd");
 
@@ -74,7 +111,14 @@ class Condition {
         if (condition()) {
             return Promise.resolve();
         }
-        return withDeadline(new Promise((resolve) => this.#waiters.push({ condition, resolve })), ms, what);
+        const waiter = { condition };
+        const satisfied = new Promise((resolve) => {
+            waiter.resolve = resolve;
+            this.#waiters.push(waiter);
+        });
+        return withDeadline(satisfied, ms, what).finally(() => {
+            this.#waiters = this.#waiters.filter((other) => other !== waiter);
+        });
     }
 
     notify() {
@@ -184,13 +228,19 @@ class Client {
         if (transport === "long-polling") {
             this.cometd.unregisterTransport("websocket");
         }
-        this.cometd.configure({ url, logLevel: "warn" });
+        this.cometd.configure({ url, logLevel: "warn", requestHeaders: { [CLIENT_HEADER]: name } });
         this.connects = new Inbox(`${name} /meta/connect`);
         this.cometd.addListener("/meta/connect", this.connects.push);
+        this.handshakeReply = null;
     }
 
     get clientId() {
         return this.cometd.getClientId();
+    }
+
+    /** The Cookie header this client's HTTP requests carry. */
+    get cookieHeader() {
+        return [...cookieJar(this.name).values()].join("; ");
     }
 
     get negotiatedTransport() {
@@ -202,6 +252,7 @@ class Client {
     async handshake() {
         const reply = await this.#request("/meta/handshake", (callback) => this.cometd.handshake(callback));
         check(reply.successful === true, `${this.name}: handshake failed: ${json(reply)}`);
+        this.handshakeReply = reply;
         await this.connects.until(() => this.connects.messages.some((m) => m.successful === true),
             () => `${this.name}: first successful /meta/connect (got ${json(this.connects.messages)})`);
         this.checkTransport();
@@ -352,16 +403,15 @@ async function readLine(expected) {
 // Scenarios: each returns the facts the Python test asserts on.
 
 async function handshake(ctx) {
-    const alice = ctx.client("alice");
-    const bob = ctx.client("bob");
-    const [aliceReply, bobReply] = await Promise.all([alice.handshake(), bob.handshake()]);
+    const [alice, bob] = await ctx.connectMany("alice", "bob");
+    const reply = alice.handshakeReply;
     return {
         clientIds: [alice.clientId, bob.clientId],
         transports: [alice.negotiatedTransport, bob.negotiatedTransport],
-        replyClientIds: [aliceReply.clientId, bobReply.clientId],
-        version: aliceReply.version,
-        supportedConnectionTypes: aliceReply.supportedConnectionTypes,
-        advice: aliceReply.advice ?? null,
+        replyClientIds: [reply.clientId, bob.handshakeReply.clientId],
+        version: reply.version,
+        supportedConnectionTypes: reply.supportedConnectionTypes,
+        advice: reply.advice ?? null,
         firstConnect: alice.connects.messages[0],
     };
 }
@@ -461,32 +511,43 @@ async function unsubscribe(ctx) {
     };
 }
 
-async function disconnect(ctx) {
-    const client = await ctx.connect("leaver");
-    await client.subscribe(ctx.channel("/leaving"));
-    const clientId = client.clientId;
-    const reply = await client.disconnect();
-    // The server must have forgotten the session: a raw /meta/connect for it is refused.
-    const probe = [{ id: "probe", channel: "/meta/connect", clientId, connectionType: "long-polling" }];
-    const response = await fetch(`${ctx.url.replace(/\/$/, "")}/connect`, {
+/** POSTs raw Bayeux messages with the client's clientId and cookies, as its browser would. */
+async function postAs(ctx, client, clientId, messages) {
+    const request = messages.map((message) => ({ ...message, clientId }));
+    const response = await fetch(`${ctx.url.replace(/\/$/, "")}/`, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify(probe),
+        headers: { "Content-Type": "application/json", Cookie: client.cookieHeader },
+        body: json(request),
     });
-    const probeReplies = await response.json();
+    return { request, httpStatus: response.status, replies: await response.json() };
+}
+
+async function disconnect(ctx) {
+    const channel = ctx.channel("/leaving");
+    const client = await ctx.connect("leaver");
+    await client.subscribe(channel);
+    const clientId = client.clientId;
+    // The server binds HTTP sessions to the browser cookie, which only the long-polling client
+    // keeps (the Node websocket client has no cookies): probe the session from outside only then.
+    const probing = ctx.transport === "long-polling";
+    const probe = (messages) => (probing ? postAs(ctx, client, clientId, messages) : null);
+    const before = await probe([{ id: "probe-1", channel, data: { probe: true } }]);
+    const reply = await client.disconnect();
+    const after = await probe([{ id: "probe-2", channel: "/meta/connect", connectionType: "long-polling" }]);
     return {
         clientId,
         reply: { successful: reply.successful, channel: reply.channel, error: reply.error ?? null },
         statusAfter: client.cometd.getStatus(),
         clientIdAfter: client.clientId,
-        probe: { request: probe, httpStatus: response.status, replies: probeReplies },
+        // A publish as the live session is accepted; a /meta/connect after the disconnect is not.
+        probeBefore: before,
+        probeAfter: after,
     };
 }
 
 async function ackExtension(ctx) {
     const channel = ctx.channel("/acked");
-    const subscriber = ctx.client("subscriber", { ack: true });
-    const handshakeReply = await subscriber.handshake();
+    const subscriber = await ctx.connect("subscriber", { ack: true });
     const publisher = await ctx.connect("publisher");
     const { inbox } = await subscriber.subscribe(channel);
     const count = 5;
@@ -499,7 +560,7 @@ async function ackExtension(ctx) {
     const handshakeRequest = subscriber.tap.requests("/meta/handshake")[0];
     return {
         handshakeRequestExt: handshakeRequest.ext ?? null,
-        handshakeReplyExt: handshakeReply.ext ?? null,
+        handshakeReplyExt: subscriber.handshakeReply.ext ?? null,
         received: seqs(inbox),
         connectAcksSent: subscriber.tap.requests("/meta/connect").map((m) => m.ext?.ack ?? null),
         connectAcksReceived: subscriber.tap.replies("/meta/connect").map((m) => m.ext?.ack ?? null),
