@@ -14,11 +14,14 @@ from typing import Any
 from aiohttp import web
 
 from . import AckExtension, BayeuxOptions, BayeuxServer, ServiceRequest, TimesyncExtension, mount
-from .app import health, run
+from .app import add_engine_arguments, health, make_engine, run
+from .engine import Engine
 
 
-def build_app(options: BayeuxOptions, path: str = "/cometd") -> web.Application:
-    server = BayeuxServer(options)
+def build_app(
+    options: BayeuxOptions, path: str = "/cometd", engine: Engine | None = None
+) -> web.Application:
+    server = BayeuxServer(options, engine=engine)
     server.add_extension(AckExtension())
     server.add_extension(TimesyncExtension())
     server.add_service("/service/echo", _echo)
@@ -43,17 +46,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--path", default="/cometd")
     parser.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a BayeuxOptions field, e.g. timeout=30000 or max_queue=1000",
     )
     parser.add_argument("--log-level", default="INFO")
+    add_engine_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
         options = BayeuxOptions.from_pairs(args.option)
     except (TypeError, ValueError) as exc:
         parser.error(f"bad --option: {exc}")
-    run(build_app(options, args.path), args.host, args.port)
+    run(build_app(options, args.path, make_engine(args.redis, args.node_id)), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
+from .engine import Engine, MemoryEngine
 from .protocol import WEBSOCKET
 from .server import BayeuxServer
 from .transports.http import cross_origin_headers, handle_http
@@ -68,6 +71,30 @@ async def health(request: web.Request) -> web.Response:
     healthy = server.engine.healthy
     body = {"status": "ok" if healthy else "unhealthy", "sessions": len(server.sessions)}
     return web.json_response(body, status=200 if healthy else 503)
+
+
+def make_engine(redis_url: str | None, node_id: str | None = None) -> Engine:
+    """The memory engine, or the Redis engine when a Redis URL is given."""
+    if not redis_url:
+        return MemoryEngine()
+    from .redis_engine import RedisEngine
+
+    return RedisEngine(redis_url, node_id=node_id)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--redis URL` and `--node-id`, shared by every command that runs a server."""
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("BAYEUX_REDIS_URL"),
+        metavar="URL",
+        help="share sessions' fan-out with other nodes through Redis (redis://host:port/0)",
+    )
+    parser.add_argument(
+        "--node-id",
+        default=os.environ.get("BAYEUX_NODE_ID"),
+        help="this node's name in Redis (default: random)",
+    )
 
 
 def run(app: web.Application, host: str, port: int) -> None:

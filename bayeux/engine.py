@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from .session import ServerSession
 
 
+class EngineUnavailable(Exception):
+    """The engine cannot do this now (e.g. Redis is down): the client gets a clear error."""
+
+
 class Engine:
     """The fan-out and directory interface; this base class is the in-memory engine."""
 
@@ -39,20 +43,18 @@ class Engine:
         """Deliver to every session of one user, on every node."""
         self.server.deliver_to_local_user(user_id, delivery)
 
-    def first_subscriber(self, pattern: str) -> None:
-        """This node now has a subscriber for `pattern` (a Redis engine starts listening)."""
+    async def subscribed(self, pattern: str) -> None:
+        """This node has its first subscriber for `pattern`: start receiving it from other
+        nodes before the subscribe is answered."""
 
-    def last_unsubscriber(self, pattern: str) -> None:
+    def unsubscribed(self, pattern: str) -> None:
         """This node has no subscriber left for `pattern`."""
 
-    def session_added(self, session: ServerSession) -> None:
-        """A session was created on this node."""
+    async def user_bound(self, session: ServerSession, user_id: str) -> None:
+        """A session of this node now belongs to `user_id`."""
 
-    def session_removed(self, session: ServerSession) -> None:
-        """A session left this node."""
-
-    def user_bound(self, session: ServerSession, user_id: str) -> None:
-        """A session now belongs to `user_id` (a Redis engine records the node)."""
+    def user_unbound(self, session: ServerSession, user_id: str) -> None:
+        """A session of this node no longer belongs to `user_id` (unbound or removed)."""
 
 
 class MemoryEngine(Engine):

@@ -116,6 +116,7 @@ class TimesyncExtension(Extension):
 
 
 def _number(value: object) -> int:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    """A client-sent time as an int, clamped so that any reply stays encodable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 2**53:
         return int(value)
     return 0

@@ -51,7 +51,7 @@ CONNECTION_TYPE_UNSUPPORTED = "301::connection_type_unsupported"
 VERSION_MISSING = "400::version_missing"
 SERVICE_FAILED = "500::service_failed"
 SERVICE_UNKNOWN = "404::service_unknown"
-QUEUE_FULL = "503::queue_full"
+ENGINE_UNAVAILABLE = "503::engine_unavailable"
 
 
 def error(code: int, reason: str, *args: str) -> str:
@@ -88,11 +88,11 @@ def is_valid_id(value: object) -> bool:
         return False
     if isinstance(value, int):
         return True
-    return isinstance(value, str) and _ID_RE.match(value) is not None
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
 def is_valid_client_id(value: object) -> bool:
-    return isinstance(value, str) and _CLIENT_ID_RE.match(value) is not None
+    return isinstance(value, str) and _CLIENT_ID_RE.fullmatch(value) is not None
 
 
 def is_valid_channel(name: object, allow_wildcards: bool = False) -> bool:
@@ -111,7 +111,7 @@ def is_valid_channel(name: object, allow_wildcards: bool = False) -> bool:
         if segment in ("*", "**"):
             if not allow_wildcards or i != last:
                 return False
-        elif not _SEGMENT_RE.match(segment) or "*" in segment:
+        elif not _SEGMENT_RE.fullmatch(segment) or "*" in segment:
             return False
     return True
 
@@ -219,4 +219,4 @@ _JSONP_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]{0,63}(\.[A-Za-z_$][A-Za-z0-9_$
 
 def is_valid_jsonp_callback(name: str) -> bool:
     """Only plain JavaScript identifiers (optionally dotted), to prevent script injection."""
-    return _JSONP_RE.match(name) is not None
+    return _JSONP_RE.fullmatch(name) is not None

@@ -38,9 +38,7 @@ class SecurityPolicy:
     ) -> bool:
         return True
 
-    async def can_subscribe(
-        self, session: ServerSession, channel: str, message: Message
-    ) -> bool:
+    async def can_subscribe(self, session: ServerSession, channel: str, message: Message) -> bool:
         return not is_meta(channel)
 
     async def can_publish(self, session: ServerSession, channel: str, message: Message) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import protocol as p
 from .channels import SubscriptionIndex, matching_patterns
-from .engine import Engine, MemoryEngine
+from .engine import Engine, EngineUnavailable, MemoryEngine
 from .extensions import Extension
 from .options import BayeuxOptions
 from .protocol import Message
@@ -139,13 +139,15 @@ class BayeuxServer:
             raise ValueError(f"not a broadcast channel: {channel}")
         await self.engine.publish(Delivery({"channel": channel, "data": data, **fields}), None)
 
-    def bind_user(self, session: ServerSession, user_id: str) -> None:
-        """Associate a session with an application user, for `deliver_to_user`."""
-        if session.user_id is not None:
-            self._unbind_user(session)
+    async def bind_user(self, session: ServerSession, user_id: str) -> None:
+        """Associate a session with an application user, for `deliver_to_user`; once this
+        returns, messages for the user reach the session from any node."""
+        if session.user_id == user_id:
+            return
+        self._unbind_user(session)
         session.user_id = user_id
         self._users.setdefault(user_id, set()).add(session)
-        self.engine.user_bound(session, user_id)
+        await self.engine.user_bound(session, user_id)
 
     async def deliver_to_user(self, user_id: str, channel: str, data: Any, **fields: Any) -> None:
         """Send a message to every session of one user, wherever they are connected."""
@@ -157,20 +159,19 @@ class BayeuxServer:
 
     def remove_session(self, session: ServerSession, reason: str) -> None:
         """Forget a session: its subscriptions, its user binding, its held connect."""
-        if session.removed:
+        if session.remove_reason is not None:
             return
         session.removed = True
         session.remove_reason = reason
         self.sessions.pop(session.id, None)
         for pattern in session.subscriptions:
             if self.index.remove(pattern, session):
-                self.engine.last_unsubscriber(pattern)
+                self.engine.unsubscribed(pattern)
         session.subscriptions.clear()
         self._unbind_user(session)
         self._dirty.discard(session)
         if session.held is not None:
             session.held.complete()
-        self.engine.session_removed(session)
         for listener in self._removed_listeners:
             _call_listener(listener, session, reason)
 
@@ -293,7 +294,9 @@ class BayeuxServer:
     async def _handshake(self, message: Message, context: RequestContext) -> Message:
         offered = message.get("supportedConnectionTypes")
         allowed = list(self.options.allowed_transports)
-        if isinstance(offered, list) and not set(offered) & set(allowed):
+        if isinstance(offered, list) and not {t for t in offered if isinstance(t, str)} & set(
+            allowed
+        ):
             return self._handshake_failure(
                 message, p.CONNECTION_TYPE_UNSUPPORTED, p.RECONNECT_NONE, allowed
             )
@@ -309,18 +312,11 @@ class BayeuxServer:
         session.transport = context.transport
         if not self._incoming(session, message, context):
             return self._outgoing(session, p.failure(message, p.MESSAGE_DELETED))
-        try:
-            allowed_by_policy = await self.security.can_handshake(session, message, context)
-        except Denied as denial:
-            return self._handshake_failure(
-                message, p.denied("handshake", denial.reason), denial.reconnect, allowed
-            )
-        if not allowed_by_policy:
-            return self._handshake_failure(message, p.HANDSHAKE_DENIED, None, allowed)
+        failure = await self._handshake_denial(session, message, context)
+        if failure is not None:
+            self._unbind_user(session)  # the policy may have bound it
+            return self._handshake_failure(message, failure[0], failure[1], allowed)
         self.sessions[session.id] = session
-        if session.user_id is not None:
-            self.engine.user_bound(session, session.user_id)
-        self.engine.session_added(session)
         for listener in self._added_listeners:
             _call_listener(listener, session, "handshake")
         reply = p.reply_to(
@@ -332,6 +328,19 @@ class BayeuxServer:
             advice=self._advice(),
         )
         return self._outgoing(session, reply)
+
+    async def _handshake_denial(
+        self, session: ServerSession, message: Message, context: RequestContext
+    ) -> tuple[str, str | None] | None:
+        """The error and reconnect advice if the security policy refuses, else None."""
+        try:
+            if await self.security.can_handshake(session, message, context):
+                return None
+            return p.HANDSHAKE_DENIED, None
+        except Denied as denial:
+            return p.denied("handshake", denial.reason), denial.reconnect
+        except EngineUnavailable:
+            return p.ENGINE_UNAVAILABLE, p.RECONNECT_HANDSHAKE
 
     def _handshake_failure(
         self, message: Message, err: str, reconnect: str | None, allowed: list[str]
@@ -415,7 +424,11 @@ class BayeuxServer:
         for pattern in new:
             session.subscriptions.add(pattern)
             if self.index.add(pattern, session):
-                self.engine.first_subscriber(pattern)
+                try:
+                    await self.engine.subscribed(pattern)
+                except EngineUnavailable:
+                    self._unsubscribe_all(session, new)
+                    return p.failure(message, p.ENGINE_UNAVAILABLE, **echo)
         return p.reply_to(message, successful=True, **echo)
 
     def _unsubscribe(self, session: ServerSession, message: Message) -> Message:
@@ -423,12 +436,15 @@ class BayeuxServer:
         echo = {"subscription": message.get("subscription")}
         if patterns is None:
             return p.failure(message, p.SUBSCRIPTION_MISSING, **echo)
+        self._unsubscribe_all(session, patterns)
+        return p.reply_to(message, successful=True, **echo)
+
+    def _unsubscribe_all(self, session: ServerSession, patterns: list[str]) -> None:
         for pattern in patterns:
             if pattern in session.subscriptions:
                 session.subscriptions.discard(pattern)
                 if self.index.remove(pattern, session):
-                    self.engine.last_unsubscriber(pattern)
-        return p.reply_to(message, successful=True, **echo)
+                    self.engine.unsubscribed(pattern)
 
     def _disconnect(self, session: ServerSession, message: Message) -> Message:
         self.remove_session(session, "disconnect")
@@ -449,7 +465,10 @@ class BayeuxServer:
         if "ext" in message:
             event["ext"] = message["ext"]
         exclude = None if self.options.broadcast_to_publisher else session.id
-        await self.engine.publish(Delivery(event), exclude)
+        try:
+            await self.engine.publish(Delivery(event), exclude)
+        except EngineUnavailable:
+            return p.failure(message, p.ENGINE_UNAVAILABLE)
         return p.reply_to(message, successful=True)
 
     async def _call_service(
@@ -500,7 +519,8 @@ class BayeuxServer:
         if not self._authorizers:
             return None
         authorizers = [
-            a for pattern in dict.fromkeys(matching_patterns(channel))
+            a
+            for pattern in dict.fromkeys(matching_patterns(channel))
             for a in self._authorizers.get(pattern, ())
         ]
         if not authorizers:
@@ -570,13 +590,16 @@ class BayeuxServer:
         return reply
 
     def _unbind_user(self, session: ServerSession) -> None:
-        if session.user_id is None:
+        user_id = session.user_id
+        if user_id is None:
             return
-        sessions = self._users.get(session.user_id)
-        if sessions is not None:
+        session.user_id = None
+        sessions = self._users.get(user_id)
+        if sessions is not None and session in sessions:
             sessions.discard(session)
             if not sessions:
-                del self._users[session.user_id]
+                del self._users[user_id]
+            self.engine.user_unbound(session, user_id)
 
     async def _sweep_forever(self) -> None:
         period = self.options.sweep_period / 1000

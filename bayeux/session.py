@@ -20,24 +20,39 @@ if TYPE_CHECKING:
 
 
 class Delivery:
-    """An outgoing event, encoded at most once and shared by every recipient."""
+    """An outgoing event, encoded at most once and shared by every recipient.
 
-    __slots__ = ("_encoded", "message")
+    Built from a message (encoded on first use) or from bytes received from another node
+    (decoded only if something needs to look inside).
+    """
 
-    def __init__(self, message: Message, encoded: bytes | None = None) -> None:
-        self.message = message
-        self._encoded = encoded
+    __slots__ = ("_encoded", "_message", "channel")
+
+    def __init__(self, message: Message) -> None:
+        self._message: Message | None = message
+        self._encoded: bytes | None = None
+        self.channel: str = message["channel"]
+
+    @classmethod
+    def from_encoded(cls, channel: str, encoded: bytes) -> Delivery:
+        delivery = cls.__new__(cls)
+        delivery._message = None
+        delivery._encoded = encoded
+        delivery.channel = channel
+        return delivery
+
+    @property
+    def message(self) -> Message:
+        if self._message is None:
+            assert self._encoded is not None
+            self._message = orjson.loads(self._encoded)
+        return self._message
 
     @property
     def encoded(self) -> bytes:
         if self._encoded is None:
-            self._encoded = orjson.dumps(self.message)
+            self._encoded = orjson.dumps(self._message)
         return self._encoded
-
-    @property
-    def channel(self) -> str:
-        channel: str = self.message["channel"]
-        return channel
 
 
 class PushLink(Protocol):
@@ -218,7 +233,12 @@ class ServerSession:
         queue: AckQueue | deque[Delivery] = self.ack if self.ack is not None else self._queue
         if len(queue) >= self.server.options.max_queue:
             if self.server.options.slow_consumer_policy == "disconnect":
-                self.server.remove_session(self, "slow_consumer")
+                # Removed on the next loop turn: we may be inside a fan-out loop over the
+                # subscription index, which must not change under it.
+                self.removed = True
+                asyncio.get_running_loop().call_soon(
+                    self.server.remove_session, self, "slow_consumer"
+                )
                 return
             queue.popleft()
             self.dropped += 1

@@ -7,7 +7,7 @@ import logging
 import os
 
 from bayeux import BayeuxOptions
-from bayeux.app import run
+from bayeux.app import add_engine_arguments, make_engine, run
 
 from .app import create_app
 
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         help="a Bayeux server option, e.g. timeout=30000 (see bayeux/options.py)",
     )
     parser.add_argument("--log-level", default=os.environ.get("GMS_LOG_LEVEL", "INFO"))
+    add_engine_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     except (TypeError, ValueError) as exc:
         parser.error(f"bad --option: {exc}")
     logging.getLogger("gms").info("serving on http://%s:%d", args.host, args.port)
-    run(create_app(options), args.host, args.port)
+    run(create_app(options, make_engine(args.redis, args.node_id)), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -200,4 +200,3 @@ def _gone(request: web.Request) -> bool:
 
 def _error(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text + "\n")
-

@@ -1,0 +1,302 @@
+"""The Redis engine: many server processes sharing fan-out and user routing through Redis.
+
+Each publish costs one Redis PUBLISH, whatever the number of subscribers (Faye's Redis engine
+does work per subscriber). Nodes listen only for the channels their own sessions subscribe to
+(CometD Oort's "observe" model, without its full mesh): Redis itself routes a message to the
+nodes that want it, and each node then delivers to its local subscribers. A node's
+subscriptions live on its pub/sub connection, so when a node dies Redis forgets them with it.
+
+This module is the only place that knows Redis key and channel names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import protocol as p
+from .engine import Engine, EngineUnavailable
+from .session import Delivery
+
+if TYPE_CHECKING:
+    from .server import BayeuxServer
+    from .session import ServerSession
+
+log = logging.getLogger("bayeux.redis")
+
+_SEPARATOR = b"\n"  # never inside orjson output, which escapes control characters
+
+
+class RedisEngine(Engine):
+    """Fan-out and per-user delivery across nodes through Redis pub/sub.
+
+    Publishes from this node are delivered to local subscribers at once and sent to Redis in
+    pipelined batches (one round trip per loop turn, in publish order); messages that come
+    back from Redis carry their origin node, so a node never delivers its own twice.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "bayeux",
+        node_id: str | None = None,
+        max_pending: int = 10_000,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.node_id = node_id or p.new_id()[:12]
+        self.max_pending = max_pending
+        """Most publishes waiting to be written to Redis; past it publishes are refused."""
+        self._redis: aioredis.Redis | None = None
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._pending: deque[tuple[bytes, bytes, asyncio.Future[None]]] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._healthy = False
+        self._local_users: dict[str, int] = {}
+
+    # -- names ---------------------------------------------------------------------------
+    def channel_topic(self, pattern: str) -> bytes:
+        """The Redis pub/sub name for a Bayeux channel or wildcard pattern.
+
+        `/a/*` and `/a/**` both become the Redis glob `…/a/*`, which also matches deeper
+        channels; local delivery filters those out with the exact Bayeux rules.
+        """
+        if pattern.endswith("/**"):
+            pattern = pattern[:-1]
+        return f"{self.prefix}:c:{pattern}".encode()
+
+    def user_topic(self, user_id: str) -> bytes:
+        return f"{self.prefix}:u:{user_id}".encode()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self, server: BayeuxServer) -> None:
+        await super().start(server)
+        self._redis = aioredis.from_url(
+            self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=0
+        )
+        self._pubsub = self._redis.pubsub()
+        self._tasks = [
+            asyncio.create_task(self._write_forever(), name="bayeux-redis-writer"),
+            asyncio.create_task(self._read_forever(), name="bayeux-redis-reader"),
+            asyncio.create_task(self._watch_forever(), name="bayeux-redis-watch"),
+        ]
+        try:
+            await self._redis.ping()
+            # Subscribing to our own node topic opens the pub/sub connection at once.
+            await self._subscribe(self._node_topic())
+            self._healthy = True
+        except (RedisError, OSError, EngineUnavailable) as exc:
+            log.warning("Redis not reachable at start (%s); will keep trying", exc)
+
+    async def close(self) -> None:
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._fail_pending("engine closed")
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.aclose()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    # -- Engine interface ----------------------------------------------------------------
+    async def publish(self, delivery: Delivery, exclude: str | None) -> None:
+        self._check_healthy()
+        self.server.dispatch_local(delivery, exclude)
+        await self._send(self.channel_topic(delivery.channel), delivery, exclude)
+
+    async def deliver_to_user(self, user_id: str, delivery: Delivery) -> None:
+        self._check_healthy()
+        self.server.deliver_to_local_user(user_id, delivery)
+        await self._send(self.user_topic(user_id), delivery, None)
+
+    async def subscribed(self, pattern: str) -> None:
+        await self._subscribe(self.channel_topic(pattern), pattern=p.is_wildcard(pattern))
+
+    def unsubscribed(self, pattern: str) -> None:
+        topic = self.channel_topic(pattern)
+        if p.is_wildcard(pattern):
+            # `/a/*` and `/a/**` share one Redis glob: keep it while either is in use.
+            sibling = pattern + "*" if pattern.endswith("/*") else pattern[:-1]
+            if self.server.index.count(sibling):
+                return
+            self._spawn(self._unsubscribe(topic, pattern=True))
+        else:
+            self._spawn(self._unsubscribe(topic, pattern=False))
+
+    async def user_bound(self, session: ServerSession, user_id: str) -> None:
+        count = self._local_users.get(user_id, 0)
+        self._local_users[user_id] = count + 1
+        if count == 0:
+            await self._subscribe(self.user_topic(user_id))
+
+    def user_unbound(self, session: ServerSession, user_id: str) -> None:
+        count = self._local_users.get(user_id, 0) - 1
+        if count > 0:
+            self._local_users[user_id] = count
+            return
+        self._local_users.pop(user_id, None)
+        self._spawn(self._unsubscribe(self.user_topic(user_id), pattern=False))
+
+    # -- writing -------------------------------------------------------------------------
+    async def _send(self, topic: bytes, delivery: Delivery, exclude: str | None) -> None:
+        """Queue a PUBLISH for the next pipelined batch and wait until Redis has it."""
+        if len(self._pending) >= self.max_pending:
+            raise EngineUnavailable("too many publishes waiting for Redis")
+        header = f"{self.node_id} {exclude or '-'} {delivery.channel}".encode()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((topic, header + _SEPARATOR + delivery.encoded, future))
+        self._wake.set()
+        await future
+
+    async def _write_forever(self) -> None:
+        """One writer, so publishes reach Redis in the order they were made."""
+        assert self._redis is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = list(self._pending)
+                self._pending.clear()
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for topic, payload, _ in batch:
+                            pipe.publish(topic, payload)
+                        await pipe.execute()
+                except (RedisError, OSError) as exc:
+                    self._mark_unhealthy(exc)
+                    for _, _, future in batch:
+                        _fail(future, "Redis is unavailable")
+                    continue
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    def _fail_pending(self, reason: str) -> None:
+        while self._pending:
+            _fail(self._pending.popleft()[2], reason)
+
+    # -- reading -------------------------------------------------------------------------
+    async def _read_forever(self) -> None:
+        assert self._pubsub is not None
+        pubsub = self._pubsub
+        while True:
+            if not pubsub.subscribed:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                message = await pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError) as exc:
+                self._mark_unhealthy(exc)
+                await asyncio.sleep(0.5)
+                continue
+            if message is not None:
+                self._on_message(message)
+
+    def _on_message(self, message: dict[str, object]) -> None:
+        kind = message["type"]
+        if kind in ("subscribe", "psubscribe"):
+            topic = message["channel"]
+            assert isinstance(topic, bytes)
+            for future in self._confirmations.pop(topic, []):
+                if not future.done():
+                    future.set_result(None)
+            return
+        if kind not in ("message", "pmessage"):
+            return
+        topic, data = message["channel"], message["data"]
+        assert isinstance(topic, bytes) and isinstance(data, bytes)
+        header, _, encoded = data.partition(_SEPARATOR)
+        origin, exclude, channel = header.decode().split(" ", 2)
+        if origin == self.node_id:
+            return
+        delivery = Delivery.from_encoded(channel, encoded)
+        if topic.startswith(f"{self.prefix}:u:".encode()):
+            user_id = topic[len(self.prefix) + 3 :].decode()
+            self.server.deliver_to_local_user(user_id, delivery)
+        else:
+            self.server.dispatch_local(delivery, None if exclude == "-" else exclude)
+
+    # -- subscriptions -------------------------------------------------------------------
+    async def _subscribe(self, topic: bytes, pattern: bool = False) -> None:
+        """Subscribe and wait for Redis to confirm, so nothing published after a Bayeux
+        subscribe reply can be missed."""
+        assert self._pubsub is not None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirmations.setdefault(topic, []).append(future)
+        try:
+            if pattern:
+                await self._pubsub.psubscribe(topic)
+            else:
+                await self._pubsub.subscribe(topic)
+            await asyncio.wait_for(asyncio.shield(future), timeout=5)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_unhealthy(exc)
+            raise EngineUnavailable("Redis is unavailable") from exc
+
+    async def _unsubscribe(self, topic: bytes, pattern: bool) -> None:
+        assert self._pubsub is not None
+        try:
+            if pattern:
+                await self._pubsub.punsubscribe(topic)
+            else:
+                await self._pubsub.unsubscribe(topic)
+        except (RedisError, OSError) as exc:
+            self._mark_unhealthy(exc)
+
+    # -- health --------------------------------------------------------------------------
+    async def _watch_forever(self) -> None:
+        """Ping Redis every second; recover by ourselves when it comes back."""
+        assert self._redis is not None and self._pubsub is not None
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._redis.ping()
+                if not self._pubsub.subscribed:
+                    await self._subscribe(self._node_topic())
+                if not self._healthy:
+                    log.info("Redis is back")
+                self._healthy = True
+            except (RedisError, OSError, EngineUnavailable) as exc:
+                self._mark_unhealthy(exc)
+
+    def _mark_unhealthy(self, exc: BaseException) -> None:
+        if self._healthy:
+            log.warning("Redis unavailable: %s", exc)
+        self._healthy = False
+
+    def _check_healthy(self) -> None:
+        if not self._healthy:
+            raise EngineUnavailable("Redis is unavailable")
+
+    def _node_topic(self) -> bytes:
+        return f"{self.prefix}:n:{self.node_id}".encode()
+
+    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _fail(future: asyncio.Future[None], reason: str) -> None:
+    if not future.done():
+        future.set_exception(EngineUnavailable(reason))
