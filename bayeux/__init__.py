@@ -10,6 +10,7 @@ from .engine import Engine, MemoryEngine
 from .extensions import AckExtension, Extension, TimesyncExtension
 from .options import BayeuxOptions
 from .protocol import Message, ProtocolError
+from .replay import ReplayExtension
 from .security import Authorization, Authorizer, Denied, Operation, SecurityPolicy
 from .server import BayeuxServer, RequestContext, ServiceRequest
 from .session import Delivery, ServerSession
@@ -28,6 +29,7 @@ __all__ = [
     "Message",
     "Operation",
     "ProtocolError",
+    "ReplayExtension",
     "RequestContext",
     "SecurityPolicy",
     "ServerSession",

@@ -13,7 +13,15 @@ from typing import Any
 
 from aiohttp import web
 
-from . import AckExtension, BayeuxOptions, BayeuxServer, ServiceRequest, TimesyncExtension, mount
+from . import (
+    AckExtension,
+    BayeuxOptions,
+    BayeuxServer,
+    ReplayExtension,
+    ServiceRequest,
+    TimesyncExtension,
+    mount,
+)
 from .app import add_engine_arguments, health, make_engine, run
 from .engine import Engine
 
@@ -24,6 +32,7 @@ def build_app(
     server = BayeuxServer(options, engine=engine)
     server.add_extension(AckExtension())
     server.add_extension(TimesyncExtension())
+    server.add_extension(ReplayExtension())
     server.add_service("/service/echo", _echo)
     server.add_service("/service/rpc/echo", _rpc_echo)
     app = web.Application(client_max_size=options.max_message_size)

@@ -71,6 +71,14 @@ class BayeuxOptions:
     ws_write_buffer_limit: int = 4 * 1_048_576
     """Bytes buffered for one websocket before it is treated as a slow consumer."""
 
+    # Durable channels (the replay extension).
+    replay_channels: tuple[str, ...] = ()
+    """Channels (or wildcard patterns) whose messages get replay ids and are retained."""
+    replay_max_length: int = 10_000
+    """Most events retained per durable channel."""
+    replay_max_age: int = 86_400_000
+    """How long events are retained (ms); Salesforce keeps 24 h."""
+
     # Validation and extras.
     validate_message_fields: bool = True
     allow_message_delivery_during_handshake: bool = False

@@ -16,13 +16,16 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis import asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from . import protocol as p
 from .engine import Engine, EngineUnavailable
+from .replay import EventTemplate
 from .session import Delivery
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ class RedisEngine(Engine):
         node_id: str | None = None,
         max_pending: int = 10_000,
     ) -> None:
+        super().__init__()
         self.url = url
         self.prefix = prefix
         self.node_id = node_id or p.new_id()[:12]
@@ -56,13 +60,16 @@ class RedisEngine(Engine):
         """Most publishes waiting to be written to Redis; past it publishes are refused."""
         self._redis: aioredis.Redis | None = None
         self._pubsub: aioredis.client.PubSub | None = None
-        self._pending: deque[tuple[bytes, bytes, asyncio.Future[None]]] = deque()
+        self._pending: deque[_Command] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
         self._healthy = False
         self._local_users: dict[str, int] = {}
+        self._durable_channels: set[str] = set()
+        self._append_script: AsyncScript | None = None
+        self._trim_script: AsyncScript | None = None
 
     # -- names ---------------------------------------------------------------------------
     def channel_topic(self, pattern: str) -> bytes:
@@ -85,6 +92,8 @@ class RedisEngine(Engine):
             self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=0
         )
         self._pubsub = self._redis.pubsub()
+        self._append_script = self._redis.register_script(_APPEND_EVENT)
+        self._trim_script = self._redis.register_script(_TRIM_BY_AGE)
         self._tasks = [
             asyncio.create_task(self._write_forever(), name="bayeux-redis-writer"),
             asyncio.create_task(self._read_forever(), name="bayeux-redis-reader"),
@@ -157,16 +166,83 @@ class RedisEngine(Engine):
         self._local_users.pop(user_id, None)
         self._spawn(self._unsubscribe(self.user_topic(user_id), pattern=False))
 
+    async def publish_durable(
+        self, channel: str, template: EventTemplate, exclude: str | None
+    ) -> int:
+        """One script call assigns the id, appends to the channel's stream and publishes.
+
+        Every node, this one included, delivers it from Redis pub/sub, so all nodes see a
+        durable channel's events in replay-id order.
+        """
+        self._check_healthy()
+        head, tail = template
+        counter, stream = self.stream_keys(channel)
+        self._durable_channels.add(channel)
+        args = [
+            head,
+            tail,
+            self.channel_topic(channel),
+            self.server.options.replay_max_length,
+            self._header(exclude, channel),
+        ]
+        replay_id = await self._queue(_Command(self._append_script, (counter, stream), args))
+        return int(replay_id)
+
+    async def history(self, channel: str, after: int) -> list[Delivery]:
+        self._check_healthy()
+        assert self._redis is not None
+        _, stream = self.stream_keys(channel)
+        try:
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
+                stream, min=f"{after + 1}-0"
+            )
+        except (RedisError, OSError) as exc:
+            self._mark_unhealthy(exc)
+            raise EngineUnavailable("Redis is unavailable") from exc
+        return [
+            Delivery.from_encoded(channel, fields[b"m"], int(entry_id.split(b"-")[0]))
+            for entry_id, fields in entries
+        ]
+
+    async def history_bounds(self, channel: str) -> tuple[int, int]:
+        self._check_healthy()
+        assert self._redis is not None
+        counter, stream = self.stream_keys(channel)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(counter)
+                pipe.xrange(stream, count=1)
+                last_raw, first_entries = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._mark_unhealthy(exc)
+            raise EngineUnavailable("Redis is unavailable") from exc
+        last = int(last_raw or 0)
+        if not first_entries:
+            return last + 1, last
+        return int(first_entries[0][0].split(b"-")[0]), last
+
+    def stream_keys(self, channel: str) -> tuple[str, str]:
+        """The replay-id counter and the stream of a durable channel (one cluster slot)."""
+        base = f"{self.prefix}:r:{{{channel}}}"
+        return base + ":n", base + ":s"
+
     # -- writing -------------------------------------------------------------------------
     async def _send(self, topic: bytes, delivery: Delivery, exclude: str | None) -> None:
         """Queue a PUBLISH for the next pipelined batch and wait until Redis has it."""
+        payload = self._header(exclude, delivery.channel) + b" -" + _SEPARATOR + delivery.encoded
+        await self._queue(_Command(None, (), [topic, payload]))
+
+    def _header(self, exclude: str | None, channel: str) -> bytes:
+        """What receivers need before the message: origin node, excluded session, channel;
+        the replay id (or `-`) follows."""
+        return f"{self.node_id} {exclude or '-'} {channel}".encode()
+
+    async def _queue(self, command: _Command) -> Any:
         if len(self._pending) >= self.max_pending:
             raise EngineUnavailable("too many publishes waiting for Redis")
-        header = f"{self.node_id} {exclude or '-'} {delivery.channel}".encode()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((topic, header + _SEPARATOR + delivery.encoded, future))
+        self._pending.append(command)
         self._wake.set()
-        await future
+        return await command.future
 
     async def _write_forever(self) -> None:
         """One writer, so publishes reach Redis in the order they were made."""
@@ -179,21 +255,21 @@ class RedisEngine(Engine):
                 self._pending.clear()
                 try:
                     async with self._redis.pipeline(transaction=False) as pipe:
-                        for topic, payload, _ in batch:
-                            pipe.publish(topic, payload)
-                        await pipe.execute()
+                        for command in batch:
+                            await command.add_to(pipe)
+                        results = await pipe.execute()
                 except (RedisError, OSError) as exc:
                     self._mark_unhealthy(exc)
-                    for _, _, future in batch:
-                        _fail(future, "Redis is unavailable")
+                    for command in batch:
+                        _fail(command.future, "Redis is unavailable")
                     continue
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                for command, result in zip(batch, results, strict=True):
+                    if not command.future.done():
+                        command.future.set_result(result)
 
     def _fail_pending(self, reason: str) -> None:
         while self._pending:
-            _fail(self._pending.popleft()[2], reason)
+            _fail(self._pending.popleft().future, reason)
 
     # -- reading -------------------------------------------------------------------------
     async def _read_forever(self) -> None:
@@ -226,10 +302,11 @@ class RedisEngine(Engine):
         topic, data = message["channel"], message["data"]
         assert isinstance(topic, bytes) and isinstance(data, bytes)
         header, _, encoded = data.partition(_SEPARATOR)
-        origin, exclude, channel = header.decode().split(" ", 2)
-        if origin == self.node_id:
-            return
-        delivery = Delivery.from_encoded(channel, encoded)
+        origin, exclude, channel, replay_id = header.decode().split(" ", 3)
+        durable = replay_id != "-"
+        if origin == self.node_id and not durable:
+            return  # delivered locally when it was published
+        delivery = Delivery.from_encoded(channel, encoded, int(replay_id) if durable else None)
         if topic.startswith(f"{self.prefix}:u:".encode()):
             user_id = topic[len(self.prefix) + 3 :].decode()
             self.server.deliver_to_local_user(user_id, delivery)
@@ -267,10 +344,14 @@ class RedisEngine(Engine):
     async def _watch_forever(self) -> None:
         """Ping Redis every second; recover by ourselves when it comes back."""
         assert self._redis is not None and self._pubsub is not None
+        beat = 0
         while True:
             await asyncio.sleep(1.0)
+            beat += 1
             try:
                 await self._redis.ping()
+                if beat % 10 == 0:
+                    await self._trim_streams()
                 if not self._pubsub.subscribed:
                     await self._subscribe(self._node_topic())
                 if not self._healthy:
@@ -278,6 +359,13 @@ class RedisEngine(Engine):
                 self._healthy = True
             except (RedisError, OSError, EngineUnavailable) as exc:
                 self._mark_unhealthy(exc)
+
+    async def _trim_streams(self) -> None:
+        """Drop events older than `replay_max_age` from the streams this node writes to."""
+        assert self._trim_script is not None
+        max_age = self.server.options.replay_max_age
+        for channel in list(self._durable_channels):
+            await self._trim_script(keys=[self.stream_keys(channel)[1]], args=[max_age])
 
     def _mark_unhealthy(self, exc: BaseException) -> None:
         if self._healthy:
@@ -297,6 +385,56 @@ class RedisEngine(Engine):
         task.add_done_callback(self._background.discard)
 
 
-def _fail(future: asyncio.Future[None], reason: str) -> None:
+class _Command:
+    """One queued write: a PUBLISH, or a script call; its future gets Redis's answer."""
+
+    __slots__ = ("args", "future", "keys", "script")
+
+    def __init__(self, script: AsyncScript | None, keys: tuple[str, ...], args: list[Any]) -> None:
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def add_to(self, pipe: Pipeline) -> None:
+        if self.script is None:
+            pipe.publish(*self.args)
+        else:
+            # Buffered by the pipeline, which loads the script first if Redis lacks it.
+            await self.script(keys=list(self.keys), args=self.args, client=pipe)
+
+
+# KEYS: replay-id counter, stream. ARGV: head, tail, pub/sub topic, max length, header.
+_APPEND_EVENT = """
+local id = redis.call('INCR', KEYS[1])
+local payload = ARGV[1] .. id .. ARGV[2]
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id .. '-0', 'm', payload, 't', ms)
+redis.call('PUBLISH', ARGV[3], ARGV[5] .. ' ' .. id .. string.char(10) .. payload)
+return id
+"""
+
+# KEYS: stream. ARGV: max age (ms). Deletes up to 1000 expired events from the front.
+_TRIM_BY_AGE = """
+local now = redis.call('TIME')
+local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[1])
+local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1000)
+local removed = 0
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  local t = nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' then t = tonumber(fields[i + 1]) end
+  end
+  if t == nil or t >= cutoff then break end
+  redis.call('XDEL', KEYS[1], entry[1])
+  removed = removed + 1
+end
+return removed
+"""
+
+
+def _fail(future: asyncio.Future[Any], reason: str) -> None:
     if not future.done():
         future.set_exception(EngineUnavailable(reason))

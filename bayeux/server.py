@@ -21,6 +21,7 @@ from .engine import Engine, EngineUnavailable, MemoryEngine
 from .extensions import Extension
 from .options import BayeuxOptions
 from .protocol import Message
+from .replay import Replay, event_template
 from .security import Authorization, Authorizer, Denied, Operation, SecurityPolicy
 from .session import Delivery, HeldConnect, PushLink, ServerSession
 
@@ -94,6 +95,7 @@ class BayeuxServer:
         self._dirty: set[ServerSession] = set()
         self._flush_scheduled = False
         self._sweeper: asyncio.Task[None] | None = None
+        self.replay = Replay(self)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -133,11 +135,22 @@ class BayeuxServer:
         """Called with (session, reason): disconnect, expired, slow_consumer, server, ..."""
         self._removed_listeners.append(listener)
 
-    async def publish(self, channel: str, data: Any, **fields: Any) -> None:
-        """Publish from the server to every subscriber of a broadcast channel."""
+    async def publish(self, channel: str, data: Any, ext: Any = None) -> None:
+        """Publish from the server to every subscriber of a broadcast channel; raises
+        EngineUnavailable when the engine cannot take it."""
         if not p.is_valid_channel(channel) or p.is_meta(channel) or p.is_service(channel):
             raise ValueError(f"not a broadcast channel: {channel}")
-        await self.engine.publish(Delivery({"channel": channel, "data": data, **fields}), None)
+        await self._broadcast(channel, data, ext, None)
+
+    async def _broadcast(self, channel: str, data: Any, ext: Any, exclude: str | None) -> None:
+        if self.replay.is_durable(channel):
+            template = event_template(channel, data, ext)
+            await self.engine.publish_durable(channel, template, exclude)
+            return
+        event: Message = {"channel": channel, "data": data}
+        if ext is not None:
+            event["ext"] = ext
+        await self.engine.publish(Delivery(event), exclude)
 
     async def bind_user(self, session: ServerSession, user_id: str) -> None:
         """Associate a session with an application user, for `deliver_to_user`; once this
@@ -421,6 +434,12 @@ class BayeuxServer:
             denial = await self._check(Operation.SUBSCRIBE, session, pattern, message)
             if denial is not None:
                 return p.failure(message, denial, **echo)
+        try:
+            replay = await self.replay.requests(message, patterns)
+        except EngineUnavailable:
+            return p.failure(message, p.ENGINE_UNAVAILABLE, **echo)
+        if isinstance(replay, str):
+            return p.failure(message, replay, **echo)
         for pattern in new:
             session.subscriptions.add(pattern)
             if self.index.add(pattern, session):
@@ -429,6 +448,11 @@ class BayeuxServer:
                 except EngineUnavailable:
                     self._unsubscribe_all(session, new)
                     return p.failure(message, p.ENGINE_UNAVAILABLE, **echo)
+        if replay:
+            try:
+                await self.replay.deliver(session, replay)
+            except EngineUnavailable:
+                return p.failure(message, p.ENGINE_UNAVAILABLE, **echo)
         return p.reply_to(message, successful=True, **echo)
 
     def _unsubscribe(self, session: ServerSession, message: Message) -> Message:
@@ -461,12 +485,9 @@ class BayeuxServer:
             return p.failure(message, denial)
         if p.is_service(channel):
             return await self._call_service(session, channel, message)
-        event: Message = {"channel": channel, "data": message["data"]}
-        if "ext" in message:
-            event["ext"] = message["ext"]
         exclude = None if self.options.broadcast_to_publisher else session.id
         try:
-            await self.engine.publish(Delivery(event), exclude)
+            await self._broadcast(channel, message["data"], message.get("ext"), exclude)
         except EngineUnavailable:
             return p.failure(message, p.ENGINE_UNAVAILABLE)
         return p.reply_to(message, successful=True)

@@ -26,19 +26,21 @@ class Delivery:
     (decoded only if something needs to look inside).
     """
 
-    __slots__ = ("_encoded", "_message", "channel")
+    __slots__ = ("_encoded", "_message", "channel", "replay_id")
 
     def __init__(self, message: Message) -> None:
         self._message: Message | None = message
         self._encoded: bytes | None = None
         self.channel: str = message["channel"]
+        self.replay_id: int | None = None
 
     @classmethod
-    def from_encoded(cls, channel: str, encoded: bytes) -> Delivery:
+    def from_encoded(cls, channel: str, encoded: bytes, replay_id: int | None = None) -> Delivery:
         delivery = cls.__new__(cls)
         delivery._message = None
         delivery._encoded = encoded
         delivery.channel = channel
+        delivery.replay_id = replay_id
         return delivery
 
     @property
@@ -203,6 +205,7 @@ class ServerSession:
         """The ack batch closed by the /meta/connect reply being sent."""
         self.dropped = 0
         """Messages dropped by the `drop-oldest` slow-consumer policy."""
+        self._held_channels: dict[str, list[Delivery]] | None = None
 
     def __repr__(self) -> str:
         return f"<ServerSession {self.id} user={self.user_id} transport={self.transport}>"
@@ -226,12 +229,19 @@ class ServerSession:
         self.ack = AckQueue()
         self.connect_only = True
 
-    def enqueue(self, delivery: Delivery) -> None:
-        """Queue a message and wake whatever will carry it to the client."""
+    def enqueue(self, delivery: Delivery, replay: bool = False) -> None:
+        """Queue a message and wake whatever will carry it to the client.
+
+        Replayed history may go past `max_queue`: it is bounded by the channel's retention.
+        """
         if self.removed:
             return
+        held = self._held_channels
+        if held is not None and delivery.channel in held:
+            held[delivery.channel].append(delivery)
+            return
         queue: AckQueue | deque[Delivery] = self.ack if self.ack is not None else self._queue
-        if len(queue) >= self.server.options.max_queue:
+        if len(queue) >= self.server.options.max_queue and not replay:
             if self.server.options.slow_consumer_policy == "disconnect":
                 # Removed on the next loop turn: we may be inside a fan-out loop over the
                 # subscription index, which must not change under it.
@@ -248,9 +258,24 @@ class ServerSession:
         elif self.held is not None:
             self.held.complete()
 
-    def enqueue_many(self, deliveries: Iterable[Delivery]) -> None:
+    def enqueue_many(self, deliveries: Iterable[Delivery], replay: bool = False) -> None:
         for delivery in deliveries:
-            self.enqueue(delivery)
+            self.enqueue(delivery, replay)
+
+    def hold_channel(self, channel: str) -> None:
+        """Keep live messages of a channel aside while its history is being fetched."""
+        if self._held_channels is None:
+            self._held_channels = {}
+        self._held_channels.setdefault(channel, [])
+
+    def release_channel(self, channel: str) -> list[Delivery]:
+        """Stop holding a channel; returns what arrived meanwhile, in order."""
+        if self._held_channels is None:
+            return []
+        held = self._held_channels.pop(channel, [])
+        if not self._held_channels:
+            self._held_channels = None
+        return held
 
     def take_for_connect(self) -> tuple[list[Delivery], int | None]:
         """What a /meta/connect reply carries, and its ack batch (None without ack)."""
