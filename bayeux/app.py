@@ -69,7 +69,11 @@ async def health(request: web.Request) -> web.Response:
     """Liveness for load balancers: 200 while this node can serve, 503 otherwise."""
     server = request.app[BAYEUX_SERVER]
     healthy = server.engine.healthy
-    body = {"status": "ok" if healthy else "unhealthy", "sessions": len(server.sessions)}
+    body = {
+        "status": "ok" if healthy else "unhealthy",
+        "node": server.engine.node_id,
+        "sessions": len(server.sessions),
+    }
     return web.json_response(body, status=200 if healthy else 503)
 
 

@@ -28,6 +28,7 @@ class Engine:
     """The fan-out and directory interface; this base class is the in-memory engine."""
 
     server: BayeuxServer
+    node_id: str = "memory"
 
     def __init__(self) -> None:
         self._logs: dict[str, MemoryEventLog] = {}

@@ -34,4 +34,4 @@ async def test_health_reports_ok_and_session_count(client: TestClient[object, ob
     await client.post("/cometd", json=HANDSHAKE)
     response = await client.get("/health")
     assert response.status == 200
-    assert await response.json() == {"status": "ok", "sessions": 1}
+    assert await response.json() == {"status": "ok", "node": "memory", "sessions": 1}
