@@ -74,6 +74,15 @@ class Engine:
         log = self._logs.get(channel)
         return log.bounds() if log is not None else (1, 0)
 
+    async def save_sessions(self, sessions: list[ServerSession]) -> bool:
+        """Keep sessions for another node (or this one restarted) to adopt; False if this
+        engine cannot (the memory engine dies with its process)."""
+        return False
+
+    async def restore_session(self, client_id: str) -> bytes | None:
+        """Take a saved session's snapshot (at most one node gets it), or None."""
+        return None
+
     async def subscribed(self, pattern: str) -> None:
         """This node has its first subscriber for `pattern`: start receiving it from other
         nodes before the subscribe is answered."""

@@ -71,6 +71,11 @@ class BayeuxOptions:
     ws_write_buffer_limit: int = 4 * 1_048_576
     """Bytes buffered for one websocket before it is treated as a slow consumer."""
 
+    handover_ttl: int = 60_000
+    """How long (ms) sessions saved at shutdown wait for their clients to come back."""
+    handover_spread: int = 2_000
+    """Upper bound (ms) of the random interval advised to clients of a node shutting down."""
+
     # Durable channels (the replay extension).
     replay_channels: tuple[str, ...] = ()
     """Channels (or wildcard patterns) whose messages get replay ids and are retained."""

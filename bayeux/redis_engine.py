@@ -221,6 +221,36 @@ class RedisEngine(Engine):
             return last + 1, last
         return int(first_entries[0][0].split(b"-")[0]), last
 
+    async def save_sessions(self, sessions: list[ServerSession]) -> bool:
+        if not sessions:
+            return True
+        assert self._redis is not None
+        ttl = self.server.options.handover_ttl
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session in sessions:
+                    pipe.set(self.session_key(session.id), session.snapshot(), px=ttl)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("could not hand %d sessions over: %s", len(sessions), exc)
+            return False
+        log.info("handed %d sessions over", len(sessions))
+        return True
+
+    async def restore_session(self, client_id: str) -> bytes | None:
+        if not self._healthy:
+            return None
+        assert self._redis is not None
+        try:
+            saved = await self._redis.getdel(self.session_key(client_id))
+        except (RedisError, OSError) as exc:
+            self._mark_unhealthy(exc)
+            return None
+        return saved if isinstance(saved, bytes) else None
+
+    def session_key(self, client_id: str) -> str:
+        return f"{self.prefix}:s:{client_id}"
+
     def stream_keys(self, channel: str) -> tuple[str, str]:
         """The replay-id counter and the stream of a durable channel (one cluster slot)."""
         base = f"{self.prefix}:r:{{{channel}}}"

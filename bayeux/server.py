@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from . import protocol as p
 from .channels import SubscriptionIndex, matching_patterns
@@ -108,8 +111,13 @@ class BayeuxServer:
             return
         self._sweeper.cancel()
         self._sweeper = None
-        for session in list(self.sessions.values()):
-            self.remove_session(session, "shutdown")
+        sessions = list(self.sessions.values())
+        try:
+            handed_over = await self.engine.save_sessions(sessions)
+        except EngineUnavailable:
+            handed_over = False
+        for session in sessions:
+            self.remove_session(session, "handover" if handed_over else "shutdown")
         await self.engine.close()
 
     # -- application API ---------------------------------------------------------------
@@ -268,7 +276,7 @@ class BayeuxServer:
         assert isinstance(channel, str)
         if channel == p.META_HANDSHAKE:
             return await self._handshake(message, context)
-        session = self._find_session(message, context)
+        session = self._find_session(message, context) or await self._adopt(message, context)
         if session is None:
             return self._unknown_session(message)
         session.last_seen = asyncio.get_running_loop().time()
@@ -557,9 +565,14 @@ class BayeuxServer:
         return None if granted else p.denied(operation.value, "not_granted")
 
     # -- helpers -------------------------------------------------------------------------
-    def _find_session(self, message: Message, context: RequestContext) -> ServerSession | None:
+    def _find_session(
+        self, message: Message, context: RequestContext, candidate: ServerSession | None = None
+    ) -> ServerSession | None:
+        """The message's session, if the request may use it (the browser cookie check)."""
         client_id = message.get("clientId")
-        session = self.sessions.get(client_id) if isinstance(client_id, str) else None
+        session = candidate
+        if session is None and isinstance(client_id, str):
+            session = self.sessions.get(client_id)
         if session is None or self.options.trust_client_session:
             return session
         # The browser cookie binds an HTTP session to the browser that created it.
@@ -572,6 +585,40 @@ class BayeuxServer:
             return None
         return session
 
+    async def _adopt(self, message: Message, context: RequestContext) -> ServerSession | None:
+        """Take over a session that a node handed over when it shut down, so its client
+        carries on without a new handshake and without losing queued messages."""
+        client_id = message.get("clientId")
+        if not isinstance(client_id, str) or client_id in self.sessions:
+            return None
+        try:
+            saved = await self.engine.restore_session(client_id)
+        except EngineUnavailable:
+            return None
+        if saved is None:
+            return None
+        snapshot = orjson.loads(saved)
+        session = ServerSession(self, client_id, snapshot.get("browser"))
+        if self._find_session(message, context, session) is None:
+            return None  # another browser's session: refuse, as if unknown
+        session.attributes.update(snapshot.get("attributes") or {})
+        session.restore_queue(snapshot)
+        self.sessions[client_id] = session
+        try:
+            for pattern in snapshot.get("subscriptions") or ():
+                session.subscriptions.add(pattern)
+                if self.index.add(pattern, session):
+                    await self.engine.subscribed(pattern)
+            if snapshot.get("user"):
+                await self.bind_user(session, snapshot["user"])
+        except EngineUnavailable:
+            self.remove_session(session, "adopt_failed")
+            return None
+        session.connected = True
+        for listener in self._added_listeners:
+            _call_listener(listener, session, "adopted")
+        return session
+
     def _unknown_session(self, message: Message) -> Message:
         reply = p.failure(message, p.SESSION_UNKNOWN)
         channel = message.get("channel")
@@ -582,6 +629,12 @@ class BayeuxServer:
     def _removed_reply(self, session: ServerSession, reply: Message) -> Message:
         if session.remove_reason == "disconnect":
             reply["advice"] = {"reconnect": p.RECONNECT_NONE, "interval": 0}
+            return reply
+        if session.remove_reason == "handover":
+            # Reconnect (to another node, or to this one restarted) and carry on; the spread
+            # keeps a node's clients from all arriving at the same instant.
+            interval = random.randint(0, self.options.handover_spread)
+            reply["advice"] = {"reconnect": p.RECONNECT_RETRY, "interval": interval}
             return reply
         return p.failure(
             reply,

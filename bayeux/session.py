@@ -96,6 +96,12 @@ class AckQueue:
         self.batch += 1
         return [delivery for _, delivery in self._items], closed
 
+    def items(self) -> list[tuple[int, Delivery]]:
+        return list(self._items)
+
+    def restore(self, batch: int, delivery: Delivery) -> None:
+        self._items.append((batch, delivery))
+
     def acknowledge(self, batch: int) -> None:
         items = self._items
         while items and items[0][0] <= batch:
@@ -291,6 +297,40 @@ class ServerSession:
         self._queue.clear()
         return items
 
+    # -- handing over to another process --------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Everything another node needs to carry on with this session, as JSON: identity,
+        subscriptions, queued (or unacknowledged) messages and plain attributes."""
+        queue: list[Any]
+        if self.ack is not None:
+            queue = [[batch, orjson.Fragment(d.encoded)] for batch, d in self.ack.items()]
+        else:
+            queue = [orjson.Fragment(d.encoded) for d in self._queue]
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "browser": self.browser_id,
+                "user": self.user_id,
+                "subscriptions": sorted(self.subscriptions),
+                "ack": self.ack.batch if self.ack is not None else None,
+                "connect_only": self.connect_only,
+                "queue": queue,
+                "attributes": _plain(self.attributes),
+            }
+        )
+
+    def restore_queue(self, snapshot: dict[str, Any]) -> None:
+        """Refill the queue from a snapshot (the session is new and empty)."""
+        self.connect_only = bool(snapshot.get("connect_only"))
+        if snapshot.get("ack") is not None:
+            self.enable_ack()
+            assert self.ack is not None
+            for batch, message in snapshot["queue"]:
+                self.ack.restore(batch, Delivery(message))
+            self.ack.batch = int(snapshot["ack"])
+        else:
+            self._queue.extend(Delivery(message) for message in snapshot["queue"])
+
     def flush_link(self) -> bool:
         """Push queued messages down the websocket in one frame; False if the link is too
         slow to take them now (the caller retries later)."""
@@ -304,3 +344,17 @@ class ServerSession:
             # The link is gone: keep the messages, in order, for the next connect.
             self._queue.extendleft(reversed(items))
         return True
+
+
+def _plain(attributes: dict[str, Any]) -> dict[str, Any]:
+    """The attributes that survive a handover: public names with JSON values."""
+    plain: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if key.startswith("_"):
+            continue
+        try:
+            orjson.dumps(value)
+        except TypeError:
+            continue
+        plain[key] = value
+    return plain
