@@ -83,6 +83,9 @@ class Engine:
         """Take a saved session's snapshot (at most one node gets it), or None."""
         return None
 
+    async def return_session(self, client_id: str, snapshot: bytes) -> None:
+        """Put back a snapshot taken by mistake (a request from another browser)."""
+
     async def subscribed(self, pattern: str) -> None:
         """This node has its first subscriber for `pattern`: start receiving it from other
         nodes before the subscribe is answered."""

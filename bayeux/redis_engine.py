@@ -248,6 +248,12 @@ class RedisEngine(Engine):
             return None
         return saved if isinstance(saved, bytes) else None
 
+    async def return_session(self, client_id: str, snapshot: bytes) -> None:
+        assert self._redis is not None
+        ttl = self.server.options.handover_ttl
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.set(self.session_key(client_id), snapshot, px=ttl, nx=True)
+
     def session_key(self, client_id: str) -> str:
         return f"{self.prefix}:s:{client_id}"
 

@@ -600,7 +600,8 @@ class BayeuxServer:
         snapshot = orjson.loads(saved)
         session = ServerSession(self, client_id, snapshot.get("browser"))
         if self._find_session(message, context, session) is None:
-            return None  # another browser's session: refuse, as if unknown
+            await self.engine.return_session(client_id, saved)  # not this browser's
+            return None
         session.attributes.update(snapshot.get("attributes") or {})
         session.restore_queue(snapshot)
         self.sessions[client_id] = session
