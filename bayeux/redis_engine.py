@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from redis import asyncio as aioredis
@@ -51,6 +52,8 @@ class RedisEngine(Engine):
         prefix: str = "bayeux",
         node_id: str | None = None,
         max_pending: int = 10_000,
+        heartbeat: float = 1.0,
+        node_timeout: float = 5.0,
     ) -> None:
         super().__init__()
         self.url = url
@@ -58,6 +61,10 @@ class RedisEngine(Engine):
         self.node_id = node_id or p.new_id()[:12]
         self.max_pending = max_pending
         """Most publishes waiting to be written to Redis; past it publishes are refused."""
+        self.heartbeat = heartbeat
+        self.node_timeout = node_timeout
+        """A node silent this long (seconds) is taken for dead by the others."""
+        self._node_lost_listeners: list[Callable[[str], None]] = []
         self._redis: aioredis.Redis | None = None
         self._pubsub: aioredis.client.PubSub | None = None
         self._pending: deque[_Command] = deque()
@@ -100,7 +107,7 @@ class RedisEngine(Engine):
             asyncio.create_task(self._watch_forever(), name="bayeux-redis-watch"),
         ]
         try:
-            await self._redis.ping()
+            await self._heartbeat()
             # Subscribing to our own node topic opens the pub/sub connection at once.
             await self._subscribe(self._node_topic())
             self._healthy = True
@@ -108,6 +115,9 @@ class RedisEngine(Engine):
             log.warning("Redis not reachable at start (%s); will keep trying", exc)
 
     async def close(self) -> None:
+        if self._redis is not None and self._healthy:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.zrem(self.registry_key(), self.node_id)  # a clean leave
         tasks = [*self._tasks, *self._background]
         for task in tasks:
             task.cancel()
@@ -378,14 +388,16 @@ class RedisEngine(Engine):
 
     # -- health --------------------------------------------------------------------------
     async def _watch_forever(self) -> None:
-        """Ping Redis every second; recover by ourselves when it comes back."""
+        """Every second: heartbeat into the node registry (which doubles as the ping that
+        tells whether Redis is there), notice dead nodes, and recover by ourselves when
+        Redis comes back."""
         assert self._redis is not None and self._pubsub is not None
         beat = 0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.heartbeat)
             beat += 1
             try:
-                await self._redis.ping()
+                await self._heartbeat()
                 if beat % 10 == 0:
                     await self._trim_streams()
                 if not self._pubsub.subscribed:
@@ -395,6 +407,36 @@ class RedisEngine(Engine):
                 self._healthy = True
             except (RedisError, OSError, EngineUnavailable) as exc:
                 self._mark_unhealthy(exc)
+
+    async def _heartbeat(self) -> None:
+        assert self._redis is not None
+        now_ms = int(time.time() * 1000)
+        cutoff = now_ms - int(self.node_timeout * 1000)
+        registry = self.registry_key()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(registry, {self.node_id: now_ms})
+            pipe.zrangebyscore(registry, "-inf", cutoff)
+            _, dead = await pipe.execute()
+        for node in dead:
+            # ZREM answers 1 to exactly one survivor: that one reports the loss.
+            if await self._redis.zrem(registry, node):
+                name = node.decode()
+                log.warning("node %s stopped heartbeating: removed from the cluster", name)
+                for listener in self._node_lost_listeners:
+                    listener(name)
+
+    async def nodes(self) -> list[str]:
+        """The live nodes of the cluster, this one included."""
+        assert self._redis is not None
+        names = await self._redis.zrange(self.registry_key(), 0, -1)
+        return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+
+    def on_node_lost(self, listener: Callable[[str], None]) -> None:
+        """Called on one surviving node with the id of a node that stopped heartbeating."""
+        self._node_lost_listeners.append(listener)
+
+    def registry_key(self) -> str:
+        return f"{self.prefix}:nodes"
 
     async def _trim_streams(self) -> None:
         """Drop events older than `replay_max_age` from the streams this node writes to."""

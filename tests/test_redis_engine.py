@@ -201,3 +201,28 @@ async def test_when_redis_goes_away_publishes_fail_clearly_and_the_node_recovers
     await eventually(lambda: redis_server.client().pubsub_numsub(b"bayeux:c:/r")[0][1] == 1)
     assert (await publisher.publish("/r", "after"))["successful"] is True
     await eventually(lambda: listener.link.data_on("/r") == ["after"])
+
+
+async def test_nodes_register_and_a_silent_node_is_reported_lost_once(
+    redis_server: RedisServer,
+) -> None:
+    engines = [
+        RedisEngine(redis_server.url, node_id=name, heartbeat=0.1, node_timeout=0.5)
+        for name in ("alive1", "alive2", "doomed")
+    ]
+    servers = [BayeuxServer(BayeuxOptions(), engine=engine) for engine in engines]
+    lost: list[str] = []
+    for engine, server in zip(engines, servers, strict=True):
+        engine.on_node_lost(lost.append)
+        await server.start()
+    try:
+        assert sorted(await engines[0].nodes()) == ["alive1", "alive2", "doomed"]
+        for task in engines[2]._tasks:  # the node hangs: no more heartbeats
+            task.cancel()
+        await eventually(lambda: lost == ["doomed"], timeout=5)
+        assert sorted(await engines[0].nodes()) == ["alive1", "alive2"]
+        await asyncio.sleep(0.3)
+        assert lost == ["doomed"]
+    finally:
+        for server in servers:
+            await server.close()
