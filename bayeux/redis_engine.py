@@ -407,6 +407,8 @@ class RedisEngine(Engine):
                 self._healthy = True
             except (RedisError, OSError, EngineUnavailable) as exc:
                 self._mark_unhealthy(exc)
+            except Exception:  # never let the watch die: it is what brings the node back
+                log.exception("Redis watch failed")
 
     async def _heartbeat(self) -> None:
         assert self._redis is not None
