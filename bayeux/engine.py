@@ -51,6 +51,10 @@ class Engine:
         """Deliver to every session of one user, on every node."""
         self.server.deliver_to_local_user(user_id, delivery)
 
+    async def deliver_to_session(self, node_id: str, client_id: str, delivery: Delivery) -> None:
+        """Deliver to one session on the node that holds it."""
+        self.server.deliver_to_local_session(client_id, delivery)
+
     async def publish_durable(
         self, channel: str, template: EventTemplate, exclude: str | None
     ) -> int:

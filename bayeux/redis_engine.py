@@ -148,6 +148,14 @@ class RedisEngine(Engine):
         self.server.deliver_to_local_user(user_id, delivery)
         await self._send(self.user_topic(user_id), delivery, None)
 
+    async def deliver_to_session(self, node_id: str, client_id: str, delivery: Delivery) -> None:
+        if node_id == self.node_id:
+            self.server.deliver_to_local_session(client_id, delivery)
+            return
+        self._check_healthy()
+        topic = f"{self.prefix}:n:{node_id}".encode()
+        await self._send(topic, delivery, client_id)
+
     async def subscribed(self, pattern: str) -> None:
         await self._subscribe(self.channel_topic(pattern), pattern=p.is_wildcard(pattern))
 
@@ -353,7 +361,9 @@ class RedisEngine(Engine):
         if origin == self.node_id and not durable:
             return  # delivered locally when it was published
         delivery = Delivery.from_encoded(channel, encoded, int(replay_id) if durable else None)
-        if topic.startswith(f"{self.prefix}:u:".encode()):
+        if topic == self._node_topic():
+            self.server.deliver_to_local_session(exclude, delivery)  # the target session
+        elif topic.startswith(f"{self.prefix}:u:".encode()):
             user_id = topic[len(self.prefix) + 3 :].decode()
             self.server.deliver_to_local_user(user_id, delivery)
         else:

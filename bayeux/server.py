@@ -175,6 +175,14 @@ class BayeuxServer:
         delivery = Delivery({"channel": channel, "data": data, **fields})
         await self.engine.deliver_to_user(user_id, delivery)
 
+    async def deliver_to_session(
+        self, node_id: str, client_id: str, channel: str, data: Any, **fields: Any
+    ) -> None:
+        """Send a message to one session on whichever node holds it (`engine.node_id` of that
+        node, as the application recorded it)."""
+        delivery = Delivery({"channel": channel, "data": data, **fields})
+        await self.engine.deliver_to_session(node_id, client_id, delivery)
+
     def user_sessions(self, user_id: str) -> set[ServerSession]:
         return self._users.get(user_id, set())
 
@@ -210,6 +218,13 @@ class BayeuxServer:
                 session.enqueue(delivery)
             count += 1
         return count
+
+    def deliver_to_local_session(self, client_id: str, delivery: Delivery) -> bool:
+        session = self.sessions.get(client_id)
+        if session is None:
+            return False
+        self._send_to(session, delivery)
+        return True
 
     def deliver_to_local_user(self, user_id: str, delivery: Delivery) -> int:
         sessions = self._users.get(user_id, ())

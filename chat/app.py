@@ -1,27 +1,47 @@
-"""The GMS server application: the Bayeux server mounted where GMS clients expect it.
+"""The GMS server application: Bayeux where GMS clients expect it, and the chat engine with
+the API surfaces that use it.
 
-GMS serves CometD at /genesys/cometd; plain CometD clients default to /cometd. The chat,
-notification and agent APIs plug into this application as they are built.
+GMS serves CometD at /genesys/cometd; plain CometD clients default to /cometd.
 """
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from bayeux import AckExtension, BayeuxOptions, BayeuxServer, Engine, TimesyncExtension, mount
 from bayeux.app import health
 
+from .config import ChatConfig
+from .engine import ChatEngine
+from .store import ChatStore, MemoryChatStore
+
 COMETD_PATHS = ("/genesys/cometd", "/cometd")
+CHAT_ENGINE = web.AppKey("chat_engine", ChatEngine)
 
 
 def create_app(
-    options: BayeuxOptions | None = None, engine: Engine | None = None
+    options: BayeuxOptions | None = None,
+    engine: Engine | None = None,
+    config: ChatConfig | None = None,
+    store: ChatStore | None = None,
 ) -> web.Application:
     options = options or BayeuxOptions()
     bayeux = BayeuxServer(options, engine=engine)
     bayeux.add_extension(AckExtension())
     bayeux.add_extension(TimesyncExtension())
+    chat = ChatEngine(config or ChatConfig(), store or MemoryChatStore())
     app = web.Application(client_max_size=options.max_message_size)
+    app[CHAT_ENGINE] = chat
     mount(app, bayeux, *COMETD_PATHS)
     app.router.add_get("/health", health)
+    app.cleanup_ctx.append(_run_chat_engine)
     return app
+
+
+async def _run_chat_engine(app: web.Application) -> AsyncIterator[None]:
+    chat = app[CHAT_ENGINE]
+    await chat.start()
+    yield
+    await chat.close()

@@ -10,6 +10,7 @@ from bayeux import BayeuxOptions
 from bayeux.app import add_engine_arguments, make_engine, run
 
 from .app import create_app
+from .config import load_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,16 +24,25 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="a Bayeux server option, e.g. timeout=30000 (see bayeux/options.py)",
     )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("GMS_CONFIG"),
+        metavar="FILE",
+        help="INI file with [chat] and [chat.<service>] sections (default: one service, "
+        "customer-support)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("GMS_LOG_LEVEL", "INFO"))
     add_engine_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
         options = BayeuxOptions.from_pairs(args.option)
-    except (TypeError, ValueError) as exc:
-        parser.error(f"bad --option: {exc}")
+        config = load_config(args.config)
+    except (TypeError, ValueError, OSError) as exc:
+        parser.error(str(exc))
     logging.getLogger("gms").info("serving on http://%s:%d", args.host, args.port)
-    run(create_app(options, make_engine(args.redis, args.node_id)), args.host, args.port)
+    app = create_app(options, make_engine(args.redis, args.node_id), config)
+    run(app, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -234,3 +234,15 @@ async def test_nodes_register_and_a_silent_node_is_reported_lost_once(
         for server in servers:
             await server.close()
     assert redis_server.client().zrange(registry, 0, -1) == []  # a clean leave
+
+
+async def test_deliver_to_session_reaches_one_session_on_its_node(
+    nodes: list[BayeuxServer],
+) -> None:
+    a, b = nodes
+    target, bystander = await connect(b), await connect(b)
+    node_b = b.engine.node_id
+    await a.deliver_to_session(node_b, target.client_id, "/service/chatV2/x", {"n": 1})
+    await eventually(lambda: target.link.data_on("/service/chatV2/x") == [{"n": 1}])
+    await asyncio.sleep(0.05)
+    assert bystander.link.data_on("/service/chatV2/x") == []

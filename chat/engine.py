@@ -1,0 +1,509 @@
+"""The chat engine: chat sessions, their transcripts, participants and timers.
+
+API surfaces (Chat v2 REST and CometD, Chat v1, the agent API) call the engine; the engine
+changes a chat through the store (atomically, with retries on conflict) and then tells its
+observers about the new events, which deliver them (to the CometD client wherever it is
+connected, to agents, to push providers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import errors as e
+from . import model as m
+from .config import ChatConfig, ServiceConfig
+from .model import Binding, ChatSession, Event, Party
+from .store import ChatStore, StoreUnavailable
+
+log = logging.getLogger("gms.chat")
+
+IDLE_ALERT_TIMER = "idle-alert"
+IDLE_CLOSE_TIMER = "idle-close"
+MAX_ATTEMPTS = 8
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+SYSTEM_NICKNAME = "system"
+
+Change = Callable[[ChatSession], list[Event]]
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Who made a change: observers use it, e.g. not to echo a client's own event back as an
+    unsolicited notification when its operation's reply already carries it."""
+
+    actor: str
+    """`client`, `agent`, `external` or `system`."""
+    transport: str | None = None
+    """For client changes: `rest`, `cometd` or `chat-ntf`."""
+    client_id: str | None = None
+    """The Bayeux client whose CometD operation made the change."""
+
+
+CLIENT_REST = Cause("client", "rest")
+SYSTEM = Cause("system")
+
+
+@dataclass
+class Outcome:
+    """A committed change: the chat as it now is, and the events it added."""
+
+    session: ChatSession
+    events: list[Event]
+
+
+class ChatObserver(Protocol):
+    async def chat_events(self, session: ChatSession, events: list[Event], cause: Cause) -> None:
+        """New events were committed (the session may have ended with them)."""
+
+
+class ChatEngine:
+    def __init__(self, config: ChatConfig, store: ChatStore, timer_period: float = 0.25) -> None:
+        self.config = config
+        self.store = store
+        self.observers: list[ChatObserver] = []
+        self._timer_period = timer_period
+        self._timer_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.start()
+        self._timer_task = asyncio.create_task(self._timers_forever(), name="chat-timers")
+
+    async def close(self) -> None:
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer_task
+            self._timer_task = None
+        await self.store.close()
+
+    def service(self, name: str) -> ServiceConfig:
+        service = self.config.service(name)
+        if service is None:
+            raise e.service_unknown(name)
+        return service
+
+    # -- finding a chat ------------------------------------------------------------------
+    async def by_secure_key(self, key: str, allow_ended: bool = False) -> ChatSession:
+        """The chat a CometD or chat-ntf secure key opens (249 if none, or if it ended and
+        `allow_ended` is false)."""
+        chat_id = await self._store(self.store.find_by_secure_key(key))
+        if chat_id is None:
+            raise e.session_not_found()
+        return await self.load(chat_id, allow_ended)
+
+    async def authenticate(
+        self, chat_id: str, user_id: str, key: str, allow_ended: bool = False
+    ) -> ChatSession:
+        """A REST request's chat: its userId and secureKey must match (249 otherwise)."""
+        session = await self.load(chat_id, allow_ended=True)
+        if session.user_id != user_id or not self._key_opens(session, key):
+            raise e.session_not_found()
+        if (session.ended and not allow_ended) or session.client_left:
+            raise e.session_not_found()
+        return session
+
+    async def load(self, chat_id: str, allow_ended: bool = False) -> ChatSession:
+        session = await self._store(self.store.load(chat_id))
+        if session is None or session.client_left or (session.ended and not allow_ended):
+            raise e.session_not_found()
+        return session
+
+    def _key_opens(self, session: ChatSession, key: str) -> bool:
+        if key == session.secure_key:
+            return True
+        grace_ms = self.config.secure_key_grace_s * 1000
+        return (
+            key == session.previous_secure_key
+            and session.rotated_at is not None
+            and m.now_ms() - session.rotated_at <= grace_ms
+        )
+
+    async def transcript(self, session: ChatSession, position: int) -> list[Event]:
+        """Visible events with index >= position (0 is handled by the API surface)."""
+        events = await self._store(self.store.events(session.chat_id, max(position, 1)))
+        return [event for event in events if event.visible]
+
+    # -- client operations ---------------------------------------------------------------
+    async def request_chat(
+        self,
+        service_name: str,
+        *,
+        nickname: str | None,
+        first_name: str | None,
+        last_name: str | None,
+        subject: str | None = None,
+        email: str | None = None,
+        user_data: dict[str, str] | None = None,
+        cause: Cause = CLIENT_REST,
+        binding: Binding | None = None,
+        push: dict[str, str] | None = None,
+    ) -> Outcome:
+        """Create a chat with the client's ParticipantJoined (index 1)."""
+        service = self.service(service_name)
+        display = check_names(nickname, first_name, last_name)
+        problems: list[int] = []
+        if email and not EMAIL.match(email):
+            problems.append(e.EMAIL_INVALID)
+        if service.subject_required and not subject:
+            problems.append(e.SUBJECT_MISSING)
+        if problems:
+            raise e.invalid(*problems)
+        session = ChatSession(
+            chat_id=m.chat_id(),
+            service=service_name,
+            secure_key=m.secure_key(),
+            user_id=m.user_id(),
+            alias=self.config.alias,
+            client=Party(display, 1, m.CLIENT),
+            created=m.now_ms(),
+            origin=cause.transport or "rest",
+            subject=subject,
+            email=email,
+            user_data=dict(user_data or {}),
+            binding=binding,
+            push=push,
+            last_message_at=m.now_ms(),
+        )
+        joined = self._event(m.PARTICIPANT_JOINED, session.client)
+        self._number(session, [joined])
+        await self._store(self.store.create(session, [joined]))
+        await self._store(self.store.index_secure_key(session.secure_key, session.chat_id))
+        await self._after(session, [joined], cause)
+        return Outcome(session, [joined])
+
+    async def client_event(
+        self,
+        chat_id: str,
+        kind: str,
+        text: str | None = None,
+        message_type: str | None = None,
+        cause: Cause = CLIENT_REST,
+    ) -> Outcome:
+        """A Message, TypingStarted/Stopped, PushUrl or CustomNotice from the client."""
+
+        def change(session: ChatSession) -> list[Event]:
+            return [self._event(kind, session.client, text, message_type)]
+
+        return await self.change(chat_id, change, cause)
+
+    async def update_nickname(
+        self, chat_id: str, nickname: str, cause: Cause = CLIENT_REST
+    ) -> Outcome:
+        def change(session: ChatSession) -> list[Event]:
+            session.client = Party(nickname, session.client.participant_id, m.CLIENT)
+            return [self._event(m.NICKNAME_UPDATED, session.client, nickname)]
+
+        return await self.change(chat_id, change, cause)
+
+    async def update_data(
+        self, chat_id: str, data: dict[str, str], cause: Cause = CLIENT_REST
+    ) -> Outcome:
+        """Merge attached data (add and overwrite, never delete); no transcript event."""
+        if not data:
+            raise e.invalid(e.USER_DATA_MISSING)
+
+        def change(session: ChatSession) -> list[Event]:
+            session.user_data.update(data)
+            return []
+
+        return await self.change(chat_id, change, cause)
+
+    async def read_receipt(
+        self, chat_id: str, position: int, cause: Cause = CLIENT_REST
+    ) -> Outcome:
+        """Move the client's read mark (never backwards); no client-visible event."""
+
+        def change(session: ChatSession) -> list[Event]:
+            if position < 1 or position >= session.next_position:
+                raise e.invalid(e.TRANSCRIPT_POSITION_INVALID)
+            session.read_mark = max(session.read_mark, position)
+            return []
+
+        return await self.change(chat_id, change, cause)
+
+    async def client_disconnect(self, chat_id: str, cause: Cause = CLIENT_REST) -> Outcome:
+        """The client leaves: its ParticipantLeft ends the chat and its credentials die."""
+
+        def change(session: ChatSession) -> list[Event]:
+            session.client_left = True
+            left = [self._event(m.PARTICIPANT_LEFT, session.client)]
+            self._end(session, "client-disconnect")
+            return left
+
+        return await self.change(chat_id, change, cause)
+
+    async def bind(
+        self, chat_id: str, binding: Binding | None, push: dict[str, str] | None = None
+    ) -> ChatSession:
+        """Point the chat's notifications at a CometD client (the newest wins), and refresh its
+        push binding when one is given. Works on an ended chat too (to read the end)."""
+
+        def change(session: ChatSession) -> list[Event]:
+            session.binding = binding
+            if push is not None:
+                session.push = push
+            return []
+
+        return (await self.change(chat_id, change, Cause("client", "cometd"), True)).session
+
+    # -- agent side ----------------------------------------------------------------------
+    async def agent_join(self, chat_id: str, agent_id: str, nickname: str) -> Outcome:
+        def change(session: ChatSession) -> list[Event]:
+            if agent_id in session.agents:
+                return []
+            party = session.new_party(nickname, m.AGENT)
+            session.agents[agent_id] = party
+            session.state = m.ACTIVE
+            return [self._event(m.PARTICIPANT_JOINED, party)]
+
+        return await self.change(chat_id, change, Cause("agent"))
+
+    async def agent_leave(self, chat_id: str, agent_id: str, reason: str | None = None) -> Outcome:
+        """An agent leaves; HOLD and TRANSFER keep the chat open, and the last agent leaving
+        without a reason ends it (the client's ParticipantLeft follows the agent's)."""
+        if reason not in (None, m.HOLD, m.TRANSFER):
+            raise ValueError(f"unknown reason for leave {reason!r}")
+
+        def change(session: ChatSession) -> list[Event]:
+            party = session.agents.pop(agent_id, None)
+            if party is None:
+                return []
+            attributes = {"general-properties": {"reason-for-leave": reason}} if reason else None
+            events = [self._event(m.PARTICIPANT_LEFT, party, attributes=attributes)]
+            if reason == m.HOLD:
+                session.state = m.ON_HOLD
+            elif reason == m.TRANSFER:
+                session.state = m.TRANSFERRING
+            elif not session.agents:
+                events.append(self._event(m.PARTICIPANT_LEFT, session.client))
+                self._end(session, "agent-left")
+            return events
+
+        return await self.change(chat_id, change, Cause("agent"))
+
+    async def agent_event(
+        self,
+        chat_id: str,
+        agent_id: str,
+        kind: str,
+        text: str | None = None,
+        *,
+        visible: bool = True,
+        user_data: dict[str, str] | None = None,
+        message_type: str | None = None,
+    ) -> Outcome:
+        """A Message, typing, PushUrl, CustomNotice or Notice from a joined agent; `visible`
+        False makes an internal event the client never sees (it still takes an index)."""
+
+        def change(session: ChatSession) -> list[Event]:
+            party = session.agents.get(agent_id)
+            if party is None:
+                raise e.session_not_found()
+            event = self._event(kind, party, text, message_type, user_data=user_data)
+            event.visible = visible
+            return [event]
+
+        return await self.change(chat_id, change, Cause("agent"))
+
+    async def external_event(
+        self, chat_id: str, text: str, kind: str = m.MESSAGE, nickname: str = SYSTEM_NICKNAME
+    ) -> Outcome:
+        """Content from routing or a strategy, as the External party (no visible join)."""
+
+        def change(session: ChatSession) -> list[Event]:
+            return [self._event(kind, self._external(session, nickname), text)]
+
+        return await self.change(chat_id, change, Cause("external"))
+
+    async def complete(self, chat_id: str) -> Outcome:
+        """The agent side closes the chat: every agent leaves, then the client."""
+
+        def change(session: ChatSession) -> list[Event]:
+            events = [self._event(m.PARTICIPANT_LEFT, p) for p in session.agents.values()]
+            session.agents.clear()
+            events.append(self._event(m.PARTICIPANT_LEFT, session.client))
+            self._end(session, "completed")
+            return events
+
+        return await self.change(chat_id, change, Cause("agent"))
+
+    async def rotate_secure_key(self, chat_id: str) -> ChatSession:
+        """Give the chat a new key; the old one keeps working for `secure_key_grace_s`."""
+        new_key = m.secure_key()
+
+        def change(session: ChatSession) -> list[Event]:
+            session.previous_secure_key = session.secure_key
+            session.secure_key = new_key
+            session.rotated_at = m.now_ms()
+            return []
+
+        outcome = await self.change(chat_id, change, SYSTEM)
+        await self._store(self.store.index_secure_key(new_key, chat_id))
+        old = outcome.session.previous_secure_key
+        if old is not None:
+            await self._store(
+                self.store.index_secure_key(old, chat_id, self.config.secure_key_grace_s)
+            )
+        return outcome.session
+
+    # -- the change loop -----------------------------------------------------------------
+    async def change(
+        self, chat_id: str, change: Change, cause: Cause, allow_ended: bool = False
+    ) -> Outcome:
+        """Apply `change` to the chat and commit it with its new events, retrying when another
+        node changed the chat meanwhile; then tell the observers."""
+        for _ in range(MAX_ATTEMPTS):
+            session = await self.load(chat_id, allow_ended)
+            expected = session.version
+            events = change(session)
+            self._number(session, events)
+            if await self._store(self.store.commit(session, expected, events)):
+                await self._after(session, events, cause)
+                return Outcome(session, events)
+        raise e.transient(f"chat {chat_id} is changing too fast; retry")
+
+    def _number(self, session: ChatSession, events: list[Event]) -> None:
+        for event in events:
+            session.last_index += 1
+            event.index = session.last_index
+            if event.type == m.MESSAGE:
+                session.last_message_at = event.utc_time
+
+    async def _after(self, session: ChatSession, events: list[Event], cause: Cause) -> None:
+        if session.ended and any(ev.type in _ENDING for ev in events):
+            await self._store(
+                self.store.retire(session.chat_id, self.config.ended_session_retention_s)
+            )
+            await self._store(self.store.cancel(session.chat_id, IDLE_ALERT_TIMER))
+            await self._store(self.store.cancel(session.chat_id, IDLE_CLOSE_TIMER))
+        elif any(ev.type == m.MESSAGE for ev in events):
+            await self._arm_idle_timers(session)
+        for observer in self.observers:
+            try:
+                await observer.chat_events(session, events, cause)
+            except Exception:
+                log.exception("chat observer %r failed", observer)
+
+    def _event(
+        self,
+        kind: str,
+        party: Party,
+        text: str | None = None,
+        message_type: str | None = None,
+        *,
+        user_data: dict[str, str] | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> Event:
+        utc = m.now_ms()
+        if self.config.utc_time_resolution == "s":
+            utc -= utc % 1000
+        return Event(
+            type=kind,
+            party=party,
+            utc_time=utc,
+            text=text,
+            message_type=message_type,
+            user_data=user_data,
+            event_attributes=attributes,
+        )
+
+    def _external(self, session: ChatSession, nickname: str) -> Party:
+        if session.external is None or session.external.nickname != nickname:
+            session.external = session.new_party(nickname, m.EXTERNAL)
+        return session.external
+
+    def _end(self, session: ChatSession, reason: str) -> None:
+        session.state = m.ENDED
+        session.end_reason = reason
+        session.ended_at = m.now_ms()
+
+    async def _store(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except StoreUnavailable as exc:
+            raise e.transient(str(exc)) from exc
+
+    # -- idle control --------------------------------------------------------------------
+    async def _arm_idle_timers(self, session: ChatSession) -> None:
+        service = self.config.service(session.service)
+        if service is None:
+            return
+        alert_ms = int(service.idle_alert_timeout_s * 1000)
+        close_ms = int(service.idle_close_timeout_s * 1000)
+        await self._store(self.store.cancel(session.chat_id, IDLE_CLOSE_TIMER))
+        if alert_ms > 0:
+            due = session.last_message_at + alert_ms
+            await self._store(self.store.schedule(session.chat_id, IDLE_ALERT_TIMER, due))
+        elif close_ms > 0:
+            due = session.last_message_at + close_ms
+            await self._store(self.store.schedule(session.chat_id, IDLE_CLOSE_TIMER, due))
+
+    async def _timers_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._timer_period)
+            try:
+                for chat_id, kind in await self.store.claim_due(m.now_ms()):
+                    await self._fire(chat_id, kind)
+            except Exception:
+                log.exception("chat timers failed")
+
+    async def _fire(self, chat_id: str, kind: str) -> None:
+        try:
+            if kind == IDLE_ALERT_TIMER:
+                await self._idle_alert(chat_id)
+            elif kind == IDLE_CLOSE_TIMER:
+                await self._idle_close(chat_id)
+        except e.ChatError:
+            pass  # the chat ended or vanished meanwhile
+
+    async def _idle_alert(self, chat_id: str) -> None:
+        def change(session: ChatSession) -> list[Event]:
+            service = self.service(session.service)
+            idle_for = m.now_ms() - session.last_message_at
+            if idle_for < service.idle_alert_timeout_s * 1000:
+                return []  # a message came in meanwhile
+            party = self._external(session, SYSTEM_NICKNAME)
+            return [self._event(m.IDLE_ALERT, party, service.idle_alert_text)]
+
+        outcome = await self.change(chat_id, change, SYSTEM)
+        service = self.service(outcome.session.service)
+        if outcome.events and service.idle_close_timeout_s > 0:
+            due = m.now_ms() + int(service.idle_close_timeout_s * 1000)
+            await self._store(self.store.schedule(chat_id, IDLE_CLOSE_TIMER, due))
+
+    async def _idle_close(self, chat_id: str) -> None:
+        def change(session: ChatSession) -> list[Event]:
+            service = self.service(session.service)
+            limit = (service.idle_alert_timeout_s + service.idle_close_timeout_s) * 1000
+            if m.now_ms() - session.last_message_at < limit:
+                return []
+            party = self._external(session, SYSTEM_NICKNAME)
+            close = self._event(m.IDLE_CLOSE, party, service.idle_close_text)
+            self._end(session, "idle")
+            return [close]
+
+        await self.change(chat_id, change, SYSTEM)
+
+
+_ENDING = {m.PARTICIPANT_LEFT, m.IDLE_CLOSE}
+
+
+def check_names(nickname: str | None, first_name: str | None, last_name: str | None) -> str:
+    """GMS's rule: a nickname, or both first and last name (161, 102, 103 otherwise)."""
+    if nickname:
+        return nickname
+    if first_name and last_name:
+        return f"{first_name} {last_name}"
+    if first_name:
+        raise e.invalid(e.LAST_NAME_MISSING)
+    if last_name:
+        raise e.invalid(e.FIRST_NAME_MISSING)
+    raise e.invalid(e.NICKNAME_MISSING)
