@@ -13,6 +13,7 @@ from aiohttp import web
 from bayeux import AckExtension, BayeuxOptions, BayeuxServer, Engine, TimesyncExtension, mount
 from bayeux.app import health
 
+from . import chat_v2_cometd, chat_v2_rest
 from .config import ChatConfig
 from .engine import ChatEngine
 from .store import ChatStore, MemoryChatStore
@@ -36,6 +37,8 @@ def create_app(
     app[CHAT_ENGINE] = chat
     mount(app, bayeux, *COMETD_PATHS)
     app.router.add_get("/health", health)
+    chat_v2_rest.setup(app, chat)
+    chat_v2_cometd.setup(bayeux, chat)
     app.cleanup_ctx.append(_run_chat_engine)
     return app
 
