@@ -6,7 +6,7 @@ GMS serves CometD at /genesys/cometd; plain CometD clients default to /cometd.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -14,12 +14,16 @@ from bayeux import AckExtension, BayeuxOptions, BayeuxServer, Engine, TimesyncEx
 from bayeux.app import health
 
 from . import chat_v2_cometd, chat_v2_rest
+from .chat_push import ChatPushNotifier
 from .config import ChatConfig
 from .engine import ChatEngine
+from .model import ChatSession
+from .push import PushService
 from .store import ChatStore, MemoryChatStore
 
 COMETD_PATHS = ("/genesys/cometd", "/cometd")
 CHAT_ENGINE = web.AppKey("chat_engine", ChatEngine)
+PUSH_SERVICE = web.AppKey("push_service", PushService)
 
 
 def create_app(
@@ -32,9 +36,13 @@ def create_app(
     bayeux = BayeuxServer(options, engine=engine)
     bayeux.add_extension(AckExtension())
     bayeux.add_extension(TimesyncExtension())
-    chat = ChatEngine(config or ChatConfig(), store or MemoryChatStore())
+    config = config or ChatConfig()
+    chat = ChatEngine(config, store or MemoryChatStore())
+    push = PushService(config.sections)
+    chat.observers.append(ChatPushNotifier(config, push, _cometd_connected(bayeux)))
     app = web.Application(client_max_size=options.max_message_size)
     app[CHAT_ENGINE] = chat
+    app[PUSH_SERVICE] = push
     mount(app, bayeux, *COMETD_PATHS)
     app.router.add_get("/health", health)
     chat_v2_rest.setup(app, chat)
@@ -48,3 +56,22 @@ async def _run_chat_engine(app: web.Application) -> AsyncIterator[None]:
     await chat.start()
     yield
     await chat.close()
+    for observer in chat.observers:
+        if isinstance(observer, ChatPushNotifier):
+            await observer.close()
+    await app[PUSH_SERVICE].close()
+
+
+def _cometd_connected(bayeux: BayeuxServer) -> Callable[[ChatSession], bool]:
+    """Whether a chat has an active CometD client: bound, and (when the binding is on this
+    node) its Bayeux session still alive."""
+
+    def connected(session: ChatSession) -> bool:
+        binding = session.binding
+        if binding is None:
+            return False
+        if binding.node != bayeux.engine.node_id:
+            return True
+        return binding.client_id in bayeux.sessions
+
+    return connected

@@ -57,6 +57,9 @@ class ChatConfig:
     push_notification_to_active_client: bool = False
     alias: str = "117"
     """This deployment's alias, returned to REST clients (any value is accepted back)."""
+    sections: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Every other section of the file, verbatim: `[push]`, `[push.provider.<P>...]`,
+    credential sections they reference, and those of other features."""
 
     def service(self, name: str) -> ServiceConfig | None:
         return self.services.get(name)
@@ -81,6 +84,8 @@ def load_config(path: str | Path | None) -> ChatConfig:
         _apply(config, dict(parser["chat"]), "[chat]")
     for section in parser.sections():
         if not section.startswith("chat."):
+            if section != "chat":
+                config.sections[section] = dict(parser[section])
             continue
         name = section[len("chat.") :]
         if not SERVICE_NAME.match(name):
@@ -100,7 +105,7 @@ def _apply(target: Any, values: dict[str, str], where: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(target)}
     for key, raw in values.items():
         known = fields.get(key)
-        if known is None or key in ("services", "name", "credentials"):
+        if known is None or key in ("services", "name", "credentials", "sections"):
             raise ValueError(f"{where}: unknown option {key!r}")
         setattr(target, key, _convert(getattr(target, key), raw, f"{where} {key}"))
 
