@@ -68,9 +68,10 @@ def mount(app: web.Application, server: BayeuxServer, *paths: str) -> None:
 async def health(request: web.Request) -> web.Response:
     """Liveness for load balancers: 200 while this node can serve, 503 otherwise."""
     server = request.app[BAYEUX_SERVER]
-    healthy = server.engine.healthy
+    healthy = server.engine.healthy and not server.draining
+    status = "draining" if server.draining else "ok" if healthy else "unhealthy"
     body = {
-        "status": "ok" if healthy else "unhealthy",
+        "status": status,
         "node": server.engine.node_id,
         "sessions": len(server.sessions),
     }

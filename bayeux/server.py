@@ -99,6 +99,7 @@ class BayeuxServer:
         self._flush_scheduled = False
         self._sweeper: asyncio.Task[None] | None = None
         self.replay = Replay(self)
+        self.draining = False
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -106,11 +107,26 @@ class BayeuxServer:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="bayeux-sweeper")
 
     async def close(self) -> None:
-        """Remove every session (held connects are answered) and stop; safe to repeat."""
+        """Hand every session over (or drop it), answer held connects, and stop; safe to
+        repeat."""
         if self._sweeper is None:
             return
         self._sweeper.cancel()
         self._sweeper = None
+        await self._hand_over_all()
+        await self.engine.close()
+
+    async def drain(self) -> int:
+        """Send every client of this node elsewhere: sessions are handed over to the engine
+        (a Redis engine lets other nodes adopt them) and held connects answered. The node
+        keeps serving; `draining` makes /health answer 503 so load balancers move away."""
+        self.draining = True
+        return await self._hand_over_all()
+
+    def resume(self) -> None:
+        self.draining = False
+
+    async def _hand_over_all(self) -> int:
         sessions = list(self.sessions.values())
         try:
             handed_over = await self.engine.save_sessions(sessions)
@@ -118,7 +134,7 @@ class BayeuxServer:
             handed_over = False
         for session in sessions:
             self.remove_session(session, "handover" if handed_over else "shutdown")
-        await self.engine.close()
+        return len(sessions)
 
     # -- application API ---------------------------------------------------------------
     def add_extension(self, extension: Extension) -> None:

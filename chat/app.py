@@ -14,16 +14,21 @@ from bayeux import AckExtension, BayeuxOptions, BayeuxServer, Engine, TimesyncEx
 from bayeux.app import health
 
 from . import chat_v2_cometd, chat_v2_rest
+from .auth import BasicAuth, protected
 from .chat_push import ChatPushNotifier
 from .config import ChatConfig
 from .engine import ChatEngine
 from .model import ChatSession
+from .node_api import NodeApi
 from .push import PushService
+from .storage import MemoryStorage, StorageBackend
+from .storage_api import StorageApi, StorageSettings
 from .store import ChatStore, MemoryChatStore
 
 COMETD_PATHS = ("/genesys/cometd", "/cometd")
 CHAT_ENGINE = web.AppKey("chat_engine", ChatEngine)
 PUSH_SERVICE = web.AppKey("push_service", PushService)
+STORAGE = web.AppKey("storage", StorageBackend)
 
 
 def create_app(
@@ -31,6 +36,7 @@ def create_app(
     engine: Engine | None = None,
     config: ChatConfig | None = None,
     store: ChatStore | None = None,
+    storage: StorageBackend | None = None,
 ) -> web.Application:
     options = options or BayeuxOptions()
     bayeux = BayeuxServer(options, engine=engine)
@@ -47,6 +53,7 @@ def create_app(
     app.router.add_get("/health", health)
     chat_v2_rest.setup(app, chat)
     chat_v2_cometd.setup(bayeux, chat)
+    _add_admin_apis(app, bayeux, config, storage or MemoryStorage())
     app.cleanup_ctx.append(_run_chat_engine)
     return app
 
@@ -60,6 +67,20 @@ async def _run_chat_engine(app: web.Application) -> AsyncIterator[None]:
         if isinstance(observer, ChatPushNotifier):
             await observer.close()
     await app[PUSH_SERVICE].close()
+    await app[STORAGE].close()
+
+
+def _add_admin_apis(
+    app: web.Application, bayeux: BayeuxServer, config: ChatConfig, storage: StorageBackend
+) -> None:
+    """Storage and Node APIs, with `[auth]` Basic authentication."""
+    auth_section = config.sections.get("auth", {})
+    auth = BasicAuth.from_section(auth_section)
+    storage_api = StorageApi(storage, StorageSettings.from_sections(config.sections), auth)
+    app.middlewares.append(storage_api.middleware)
+    app.add_routes(storage_api.routes())
+    app.add_routes(NodeApi(bayeux, auth, protected(auth_section, "node")).routes())
+    app[STORAGE] = storage
 
 
 def _cometd_connected(bayeux: BayeuxServer) -> Callable[[ChatSession], bool]:

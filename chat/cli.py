@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
+import sys
 
 from bayeux import BayeuxOptions
 from bayeux.app import add_engine_arguments, make_engine, run
 
 from .app import create_app
 from .config import load_config
+from .passwords import hash_password
+from .storage import RedisStorage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,8 +36,16 @@ def main(argv: list[str] | None = None) -> None:
         "customer-support)",
     )
     parser.add_argument("--log-level", default=os.environ.get("GMS_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--hash-password",
+        action="store_true",
+        help="read a password on standard input, print its hash for a config file, and exit",
+    )
     add_engine_arguments(parser)
     args = parser.parse_args(argv)
+    if args.hash_password:
+        print(hash_password(_read_password()))
+        return
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
         options = BayeuxOptions.from_pairs(args.option)
@@ -41,8 +53,15 @@ def main(argv: list[str] | None = None) -> None:
     except (TypeError, ValueError, OSError) as exc:
         parser.error(str(exc))
     logging.getLogger("gms").info("serving on http://%s:%d", args.host, args.port)
-    app = create_app(options, make_engine(args.redis, args.node_id), config)
+    storage = RedisStorage(args.redis) if args.redis else None
+    app = create_app(options, make_engine(args.redis, args.node_id), config, storage=storage)
     run(app, args.host, args.port)
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("password: ")
+    return sys.stdin.readline().rstrip("\n")
 
 
 if __name__ == "__main__":

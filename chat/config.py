@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .passwords import is_hash
+from .auth import parse_credentials
 
 DEFAULT_SERVICE = "customer-support"
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -93,7 +93,7 @@ def load_config(path: str | Path | None) -> ChatConfig:
         service = ServiceConfig(name)
         values = dict(parser[section])
         credentials = values.pop("credentials", "")
-        service.credentials = _parse_credentials(credentials, section)
+        service.credentials = parse_credentials(credentials, f"[{section}]")
         _apply(service, values, f"[{section}]")
         config.services[name] = service
     if not config.services:
@@ -122,17 +122,3 @@ def _convert(current: Any, raw: str, where: str) -> Any:
         except ValueError:
             raise ValueError(f"{where}: expected a number, got {raw!r}") from None
     return text
-
-
-def _parse_credentials(raw: str, section: str) -> dict[str, str]:
-    """`user:<password hash>` entries, one per line or comma-separated: hashes, never clear."""
-    credentials: dict[str, str] = {}
-    for entry in re.split(r"[,\n]", raw):
-        entry = entry.strip()
-        if not entry:
-            continue
-        user, sep, hashed = entry.partition(":")
-        if not sep or not is_hash(hashed):
-            raise ValueError(f"[{section}] credentials: expected user:<hash from hash-password>")
-        credentials[user] = hashed
-    return credentials
