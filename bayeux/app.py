@@ -29,7 +29,7 @@ def mount(app: web.Application, server: BayeuxServer, *paths: str) -> None:
     sockets: set[web.WebSocketResponse] = set()
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        cors = cross_origin_headers(server.options, request)
+        cors = cross_origin_headers(server.options.allowed_origins, request)
         if cors is None:
             return web.Response(status=403, text="origin not allowed\n")
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"

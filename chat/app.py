@@ -51,7 +51,7 @@ def create_app(
     app[PUSH_SERVICE] = push
     mount(app, bayeux, *COMETD_PATHS)
     app.router.add_get("/health", health)
-    chat_v2_rest.setup(app, chat)
+    chat_v2_rest.setup(app, chat, config.cors_allowed_origins)
     chat_v2_cometd.setup(bayeux, chat)
     _add_admin_apis(app, bayeux, config, storage or MemoryStorage())
     app.cleanup_ctx.append(_run_chat_engine)

@@ -7,9 +7,12 @@ API: `node` (default true: GMS always protects the Node API), `storage`, `notifi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hmac
 import re
+import secrets
 
 from aiohttp import web
 
@@ -19,35 +22,61 @@ DEFAULT_PROTECTED = {"node": True, "storage": False, "notification": False, "ser
 
 
 class BasicAuth:
+    """Checks `Authorization: Basic` against password hashes.
+
+    PBKDF2 is slow on purpose and REST clients send credentials with every request, so checks
+    run off the event loop and a success is remembered as a keyed digest (useless outside
+    this process), never as the password.
+    """
+
+    MAX_REMEMBERED = 4096
+
     def __init__(self, credentials: dict[str, str], realm: str = "GMS") -> None:
         self.credentials = credentials
         self.realm = realm
+        self._key = secrets.token_bytes(32)
+        self._verified: set[bytes] = set()
 
     @classmethod
     def from_section(cls, section: dict[str, str]) -> BasicAuth:
         return cls(parse_credentials(section.get("credentials", "")))
 
-    def user(self, request: web.Request) -> str | None:
+    async def user(self, request: web.Request) -> str | None:
         """The authenticated user, or None (missing, malformed or wrong credentials)."""
         decoded = decode_basic(request.headers.get("Authorization", ""))
         if decoded is None:
             return None
         user, password = decoded
-        hashed = self.credentials.get(user)
-        if hashed is None or not verify_password(password, hashed):
-            return None
-        return user
+        return user if await self.verify(user, password) else None
 
-    def require(self, request: web.Request) -> str:
+    async def verify(self, user: str, password: str) -> bool:
+        hashed = self.credentials.get(user)
+        if hashed is None:
+            return False
+        token = hmac.digest(self._key, f"{hashed}\0{password}".encode(), "sha256")
+        if token in self._verified:
+            return True
+        if not await asyncio.to_thread(verify_password, password, hashed):
+            return False
+        if len(self._verified) >= self.MAX_REMEMBERED:
+            self._verified.clear()
+        self._verified.add(token)
+        return True
+
+    async def require(self, request: web.Request) -> str:
         """The authenticated user; raises 401 with a Basic challenge otherwise."""
-        user = self.user(request)
+        user = await self.user(request)
         if user is None:
             raise web.HTTPUnauthorized(
-                headers={"WWW-Authenticate": f'Basic realm="{self.realm}"'},
+                headers={"WWW-Authenticate": self.challenge},
                 text='{"message":"Unauthorized"}',
                 content_type="application/json",
             )
         return user
+
+    @property
+    def challenge(self) -> str:
+        return f'Basic realm="{self.realm}"'
 
 
 def protected(section: dict[str, str], api: str) -> bool:

@@ -55,6 +55,8 @@ class ChatConfig:
     cometd_allow_new_chat_after_end: bool = False
     utc_time_resolution: str = "s"
     push_notification_to_active_client: bool = False
+    cors_allowed_origins: tuple[str, ...] = ("*",)
+    """Sites whose pages may call the chat API (`*`: any; the origin is echoed)."""
     alias: str = "117"
     """This deployment's alias, returned to REST clients (any value is accepted back)."""
     sections: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -116,6 +118,8 @@ def _convert(current: Any, raw: str, where: str) -> Any:
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"{where}: expected true or false, got {raw!r}")
         return text.lower() in ("true", "1", "yes")
+    if isinstance(current, tuple):
+        return tuple(part.strip() for part in text.split(",") if part.strip())
     if isinstance(current, (int, float)):
         try:
             return float(text)

@@ -31,12 +31,12 @@ class NodeApi:
         ]
 
     async def status(self, request: web.Request) -> web.Response:
-        self._authenticate(request)
+        await self._authenticate(request)
         text = OFFLINE if self.bayeux.draining else ONLINE
         return web.Response(text=text, content_type="text/plain", charset="ISO-8859-1")
 
     async def change_status(self, request: web.Request) -> web.Response:
-        self._authenticate(request)
+        await self._authenticate(request)
         wanted = request.match_info["status"].upper()
         if wanted == OFFLINE:
             await self.bayeux.drain()
@@ -46,6 +46,6 @@ class NodeApi:
             raise web.HTTPBadRequest(text="status must be ONLINE or OFFLINE")
         return web.Response(text="", content_type="text/plain")
 
-    def _authenticate(self, request: web.Request) -> None:
+    async def _authenticate(self, request: web.Request) -> None:
         if self.protected:
-            self.auth.require(request)
+            await self.auth.require(request)

@@ -129,7 +129,7 @@ class StorageApi:
         if not request.path.startswith("/genesys/1/storage"):
             return await handler(request)
         if self.settings.protected:
-            self.auth.require(request)
+            await self.auth.require(request)
         response = await handler(request)
         response.headers["Cache-Control"] = "no-cache, no-store"
         response.headers["Pragma"] = "no-cache"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
@@ -93,28 +94,31 @@ def set_browser_cookie(response: web.StreamResponse, options: BayeuxOptions, val
     response.headers.add("Set-Cookie", "; ".join(attributes))
 
 
-def cross_origin_headers(options: BayeuxOptions, request: web.Request) -> dict[str, str] | None:
+def cross_origin_headers(
+    allowed_origins: Collection[str], request: web.Request, methods: str = "GET, POST, OPTIONS"
+) -> dict[str, str] | None:
     """CORS headers for a cross-site request, or None if its Origin is refused.
 
-    With no `allowed_origins` nothing is added and nothing refused (the browser then keeps
-    other sites from reading replies, as with CometD without its cross-origin filter).
+    No Origin, or no allowed origins configured: nothing to add and nothing refused (the
+    browser then keeps other sites from reading replies). `*` allows, and echoes, any origin.
     """
     origin = request.headers.get("Origin")
-    allowed = options.allowed_origins
-    if origin is None or not allowed or urlsplit(origin).netloc == request.host:
+    if origin is None or not allowed_origins or urlsplit(origin).netloc == request.host:
         return {}
-    if "*" not in allowed and origin not in allowed:
+    if "*" not in allowed_origins and origin not in allowed_origins:
         return None
-    return {
+    headers = {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Credentials": "true",
-        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-        "Access-Control-Allow-Headers": request.headers.get(
-            "Access-Control-Request-Headers", "Content-Type"
-        ),
-        "Access-Control-Max-Age": "86400",
         "Vary": "Origin",
     }
+    if request.method == "OPTIONS":
+        headers["Access-Control-Allow-Methods"] = methods
+        headers["Access-Control-Allow-Headers"] = request.headers.get(
+            "Access-Control-Request-Headers", "Content-Type, Authorization"
+        )
+        headers["Access-Control-Max-Age"] = "86400"
+    return headers
 
 
 async def _read_messages(request: web.Request, options: BayeuxOptions) -> list[Message]:
