@@ -229,7 +229,7 @@ class BayeuxServer:
             if session.id == exclude:
                 continue
             if send_extensions:
-                self._send_to(session, delivery)
+                self.send_to(session, delivery)
             else:
                 session.enqueue(delivery)
             count += 1
@@ -239,13 +239,13 @@ class BayeuxServer:
         session = self.sessions.get(client_id)
         if session is None:
             return False
-        self._send_to(session, delivery)
+        self.send_to(session, delivery)
         return True
 
     def deliver_to_local_user(self, user_id: str, delivery: Delivery) -> int:
         sessions = self._users.get(user_id, ())
         for session in list(sessions):
-            self._send_to(session, delivery)
+            self.send_to(session, delivery)
         return len(sessions)
 
     def schedule_flush(self, session: ServerSession) -> None:
@@ -269,7 +269,8 @@ class BayeuxServer:
             if not session.removed:
                 self.schedule_flush(session)
 
-    def _send_to(self, session: ServerSession, delivery: Delivery) -> None:
+    def send_to(self, session: ServerSession, delivery: Delivery) -> None:
+        """Queue one delivery for one session, through the extensions' `send` hooks."""
         for extension in reversed(self._send_extensions):
             replaced = extension.send(session, delivery)
             if replaced is None:

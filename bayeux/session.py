@@ -219,7 +219,7 @@ class ServerSession:
     # -- application API ---------------------------------------------------------------
     def deliver(self, channel: str, data: Any, **fields: Any) -> None:
         """Send one message to this session only (replies from services, private events)."""
-        self.enqueue(Delivery({"channel": channel, "data": data, **fields}))
+        self.server.send_to(self, Delivery({"channel": channel, "data": data, **fields}))
 
     def disconnect(self) -> None:
         """Remove this session from the server; the client is told to re-handshake."""
