@@ -421,7 +421,12 @@ class BayeuxServer:
         first = not session.connected
         session.connected = True
         timeout = self._connect_timeout(message)
-        if timeout <= 0 or session.pending or first:
+        pushed = session.link is not None and not session.connect_only
+        if pushed and session.pending:
+            self.schedule_flush(session)  # the socket carries them; keep the connect held
+        elif session.pending:
+            return HeldConnect(session, reply, 0)
+        if timeout <= 0 or first:
             return HeldConnect(session, reply, 0)
         if self._too_many_polls(session, context):
             reply["advice"] = {

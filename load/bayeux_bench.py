@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -32,11 +33,11 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import psutil
 from bayeux_client import BayeuxClient, BayeuxError, Endpoint
@@ -66,6 +67,7 @@ class WorkerPlan:
     deadline: float  # absolute time.time() by which the worker exits
     cpus: list[int] | None
     seed: int
+    trace_file: str | None = None  # worker 0's first client writes its wire exchange here
 
 
 def split(items: list[Any], parts: int) -> list[list[Any]]:
@@ -107,7 +109,8 @@ def build_plans(args: argparse.Namespace, url: str, run_seconds: float) -> list[
             batch=args.batch, max_backlog=args.max_backlog,
             connect_concurrency=args.connect_concurrency, setup_timeout=setup_timeout,
             deadline=time.time() + setup_timeout + run_seconds + 120,
-            cpus=args.client_cpus, seed=args.seed * 1000 + index))
+            cpus=args.client_cpus, seed=args.seed * 1000 + index,
+            trace_file=args.trace_file if index == 0 else None))
     return plans
 
 
@@ -131,8 +134,8 @@ def build_schedule(args: argparse.Namespace, start: float) -> list[Phase]:
 
 def run_seconds(args: argparse.Namespace) -> float:
     if args.scenario == "idle":
-        return args.duration + args.settle
-    return args.warmup + args.duration * len(args.rates) + args.drain
+        return float(args.duration + args.settle)
+    return float(args.warmup + args.duration * len(args.rates) + args.drain)
 
 
 # ---------------------------------------------------------------------------
@@ -175,6 +178,7 @@ class Worker:
         self.recorder = Recorder()
         self.endpoint = Endpoint.parse(plan.url)
         self.clients: list[BayeuxClient | None] = []
+        self._trace_out: TextIO | None = None  # --trace-file, closed by _close_all
 
     async def run(self) -> None:
         try:
@@ -203,16 +207,30 @@ class Worker:
         gate = asyncio.Semaphore(self.plan.connect_concurrency)
         deadline = time.time() + self.plan.setup_timeout
         self.clients = list(await asyncio.gather(
-            *(self._open_client(subs, gate, deadline) for subs in self.plan.subscriptions)))
+            *(self._open_client(subs, gate, deadline, trace=self._tracer() if i == 0 else None)
+              for i, subs in enumerate(self.plan.subscriptions))))
 
-    async def _open_client(self, channels: list[str], gate: asyncio.Semaphore,
-                           deadline: float) -> BayeuxClient | None:
+    def _tracer(self) -> Callable[[str, bytes], None] | None:
+        if not self.plan.trace_file:
+            return None
+        out = self._trace_out = open(self.plan.trace_file, "a", buffering=1)  # noqa: SIM115
+        start = time.time()
+
+        def trace(direction: str, body: bytes) -> None:
+            if not out.closed:
+                text = body[:400].decode(errors="replace")
+                out.write(f"{time.time():.6f} +{time.time() - start:9.3f}s {direction} {text}\n")
+
+        return trace
+
+    async def _open_client(self, channels: list[str], gate: asyncio.Semaphore, deadline: float,
+                           trace: Callable[[str, bytes], None] | None) -> BayeuxClient | None:
         async with gate:
             for attempt in range(3):
                 if time.time() >= deadline:
                     break
                 client = BayeuxClient(self.endpoint, self.plan.transport, self.recorder,
-                                      batch=self.plan.batch)
+                                      batch=self.plan.batch, trace=trace)
                 try:
                     async with asyncio.timeout(min(30.0, max(0.1, deadline - time.time()))):
                         await client.handshake()
@@ -254,6 +272,8 @@ class Worker:
 
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(close(c) for c in clients)), 15.0)
+        if self._trace_out is not None:
+            self._trace_out.close()
         with contextlib.suppress(OSError):
             self.conn.send(("closed", None))
 
@@ -294,24 +314,35 @@ class Publisher:
                 await sleep_until(phase.end_ns / 1e9)
 
     async def _run_phase(self, phase: Phase, rate: float) -> None:
+        """Publish ``rate * seconds`` messages: at each wake, those due before the next one.
+
+        Wakes come every ``batch / rate`` seconds (or sooner when behind), and each sends
+        the next ``batch`` messages of the schedule at once.
+        """
         await sleep_until(phase.start_ns / 1e9)
-        sent = 0
-        max_burst = max(self.plan.batch, int(rate * self.plan.max_backlog))
-        batch_ns = self.plan.batch / rate * 1e9
-        for _ in range(int(phase.seconds * (rate + 2000)) + 10):  # >= one wake per 0.5 ms
+        batch, total, sent = self.plan.batch, int(rate * phase.seconds), 0
+        max_burst = max(batch, int(rate * self.plan.max_backlog))
+        # the time check ends the loop; the count bound (>= one wake per ms) is a safety net
+        for _ in range(int(phase.seconds * (rate + 1000)) + 10):
             now = time.time_ns()
-            if now >= phase.end_ns:
+            if now >= phase.end_ns or sent >= total:
                 break
-            due = int(rate * (now - phase.start_ns) / 1e9) + 1 - sent
+            due = min(int(rate * (now - phase.start_ns) / 1e9) + batch, total) - sent
             if due > max_burst:  # we fell behind: drop the excess instead of bursting
-                for _ in range(due - max_burst):
-                    self.recorder.skipped(now)
+                self._skip(due - max_burst, now)
                 sent += due - max_burst
                 due = max_burst
             self._publish(due, now, max_burst)
             sent += due
-            wake = phase.start_ns + (sent - 1) * 1e9 / rate + batch_ns
-            await asyncio.sleep(max(0.0005, (min(wake, phase.end_ns) - time.time_ns()) / 1e9))
+            wake = phase.start_ns + sent * 1e9 / rate
+            # libuv timers have 1 ms resolution: shorter sleeps would spin
+            await asyncio.sleep(max(0.001, (min(wake, phase.end_ns) - time.time_ns()) / 1e9))
+        self._skip(total - sent, phase.end_ns - 1)  # stalled past the end of the phase
+        await sleep_until(phase.end_ns / 1e9)
+
+    def _skip(self, count: int, now: int) -> None:
+        for _ in range(count):
+            self.recorder.skipped(now)
 
     def _publish(self, count: int, now: int, max_outstanding: int) -> None:
         recorder, clients, channels = self.recorder, self.clients, self.plan.channels
@@ -321,8 +352,9 @@ class Publisher:
                 continue
             client = clients[self.rng.randrange(len(clients))] if len(clients) > 1 else clients[0]
             channel = channels[self.rng.randrange(len(channels))]
-            client.publish(channel, {"t": time.time_ns(), "p": self.padding})
-            recorder.published(now, self.expected.get(channel, 0))
+            expected = self.expected.get(channel, 0)
+            client.publish(channel, {"t": time.time_ns(), "p": self.padding}, expected)
+            recorder.published(now, expected)
 
 
 # ---------------------------------------------------------------------------
@@ -339,7 +371,8 @@ def find_listener(port: int) -> int | None:
     try:
         for conn in psutil.net_connections(kind="tcp"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-                return conn.pid
+                pid: int | None = conn.pid
+                return pid
     except psutil.AccessDenied:
         return None
     return None
@@ -372,7 +405,8 @@ class Server:
     def spawn(cls, args: argparse.Namespace) -> Server:
         port = free_port()
         path = Endpoint.parse(args.url).path
-        command = [args.server_python, "-m", "bayeux", "--host", "127.0.0.1", "--port", str(port)]
+        command = [args.server_python, "-m", args.server_module, "--host", "127.0.0.1",
+                   "--port", str(port)]
         for option in args.server_option:
             command += ["--option", option]
         if shutil.which("taskset"):
@@ -449,7 +483,8 @@ class Snapshot:
     wall: float
     server_cpu: float | None
     client_cpu: float
-    core_busy: list[float]
+    core_busy: list[float]  # user + nice + system + irq + softirq, per core
+    core_irq: list[float]  # irq + softirq (loopback TCP work lands here, charged to no process)
     core_total: list[float]
 
 
@@ -471,9 +506,10 @@ class Sampler:
             except psutil.Error:
                 pass
         cores = psutil.cpu_times(percpu=True)
-        busy = [c.user + c.nice + c.system + c.irq + c.softirq for c in cores]
+        irq = [c.irq + c.softirq for c in cores]
+        busy = [c.user + c.nice + c.system + i for c, i in zip(cores, irq, strict=True)]
         total = [b + c.idle + c.iowait for b, c in zip(busy, cores, strict=True)]
-        return Snapshot(time.time(), self.server.cpu_seconds(), client, busy, total)
+        return Snapshot(time.time(), self.server.cpu_seconds(), client, busy, irq, total)
 
     def sample_rss(self) -> int | None:
         rss = self.server.rss_kb()
@@ -503,6 +539,14 @@ def cpu_figures(before: Snapshot, after: Snapshot) -> dict[str, Any]:
         round((b1 - b0) / max(1e-9, t1 - t0) * 100, 1)
         for b0, b1, t0, t1 in zip(before.core_busy, after.core_busy, before.core_total,
                                   after.core_total, strict=True)]
+    figures["softirq_pct"] = round(sum(
+        (i1 - i0) / max(1e-9, t1 - t0) * 100
+        for i0, i1, t0, t1 in zip(before.core_irq, after.core_irq, before.core_total,
+                                  after.core_total, strict=True)), 1)
+    # CPU used by other processes on the machine: a noisy neighbour skews the figures
+    figures["other_cpu_pct"] = round(max(0.0, sum(figures["core_busy_pct"])
+                                         - figures["softirq_pct"] - figures["client_cpu_pct"]
+                                         - figures.get("server_cpu_pct", 0.0)), 1)
     return figures
 
 
@@ -536,6 +580,9 @@ class Controller:
         self.result = RunResult(args.scenario, settings(args, server))
 
     def run(self) -> RunResult:
+        if self.args.scenario == "idle":  # so lazy first-request allocations are not counted
+            run_loop(warm_up(self.server.url, self.args.transport))
+            time.sleep(0.5)
         rss_before = self.server.rss_kb()
         for proc in self.procs:
             proc.start()
@@ -551,6 +598,8 @@ class Controller:
         self._note_errors(ready)  # replaced by the final (cumulative) counts below
         self.result.totals.update(sessions=established,
                                   setup_failed=sum(r["failed"] for r in ready))
+        if not established:
+            raise RuntimeError(f"no session could be set up: {self.result.samples}")
         expected: Counter[str] = Counter()
         for report in ready:
             expected.update(report["channel_subs"])
@@ -604,12 +653,16 @@ class Controller:
         for counters, phase in zip(merged[1:-1], schedule, strict=True):
             if phase.measured:
                 measured.merge(counters)
-        loss = 1 - total.delivered / total.expected if total.expected else None
+        # deliveries missing for publishes the server acknowledged: lost, or still in
+        # flight when the drain phase ended (a longer --drain tells the two apart)
+        missing = (1 - total.delivered / total.acked_expected) if total.acked_expected else None
         self.result.totals.update(
             published=total.published, acked=total.acked, publish_failed=total.failed,
-            skipped=total.skipped, expected=total.expected, delivered=total.delivered,
-            untimed=total.untimed, loss_pct=None if loss is None else round(loss * 100, 3),
-            late_after_drain=merged[-1].delivered, connects=total.connects,
+            unacked=total.published - total.acked - total.failed, skipped=total.skipped,
+            expected=total.acked_expected, delivered=total.delivered,
+            untimed=total.untimed,
+            missing_pct=None if missing is None else round(missing * 100, 3),
+            connects=total.connects,
             alive_at_end=sum(r["alive"] for r in results),
             measured_latency_ms=latency_figures(measured.hist))
 
@@ -671,6 +724,7 @@ def phase_figures(counters: PhaseCounters, seconds: float) -> dict[str, Any]:
             "expected_rate": round(counters.expected * per_s, 1),
             "delivered": counters.delivered, "published": counters.published,
             "skipped": counters.skipped, "connects": counters.connects,
+            "connect_rate": round(counters.connects * per_s, 1),
             "latency_ms": latency_figures(counters.hist)}
 
 
@@ -678,14 +732,52 @@ def settings(args: argparse.Namespace, server: Server) -> dict[str, Any]:
     keys = ["transport", "clients", "rooms", "rooms_per_client", "rates", "message_size",
             "batch", "duration", "warmup", "workers", "client_cpus", "label"]
     data = {k: getattr(args, k) for k in keys if hasattr(args, k)}
-    try:
-        import uvloop  # noqa: F401
-        data["uvloop"] = True
-    except ImportError:
-        data["uvloop"] = False
+    data["uvloop"] = importlib.util.find_spec("uvloop") is not None
     data.update(url=server.url, server_pid=server.pid, server_command=server.command or None,
                 server_cpus=args.server_cpus if args.spawn_server else None)
     return data
+
+
+async def warm_up(url: str, transport: str, sessions: int = 20) -> None:
+    """A few complete sessions (handshake .. disconnect) to exercise the server's code paths."""
+    recorder = Recorder()
+    for index in range(sessions):
+        client = BayeuxClient(Endpoint.parse(url), transport, recorder)
+        try:
+            async with asyncio.timeout(10):
+                await client.handshake()
+                await client.subscribe([f"/warmup/{index}"])
+                await client.start(time.time() + 10)
+                client.publish(f"/warmup/{index}", {"t": time.time_ns()})
+        finally:
+            await client.close()
+
+
+# ---------------------------------------------------------------------------
+# Probe: one client, every frame printed
+# ---------------------------------------------------------------------------
+async def probe(url: str, transport: str, seconds: float) -> None:
+    """Handshake, subscribe, connect, publish once, wait, disconnect; print the wire."""
+    start = time.time()
+
+    def trace(direction: str, body: bytes) -> None:
+        print(f"{time.time() - start:8.3f}s {direction} {body.decode(errors='replace')}")
+
+    recorder = Recorder()
+    client = BayeuxClient(Endpoint.parse(url), transport, recorder, trace=trace)
+    try:
+        await client.handshake()
+        print(f"cookies: {client.jar.header or '(none)'}")
+        await client.subscribe(["/probe/a"])
+        await client.start(time.time() + seconds + 10)
+        client.publish("/probe/a", {"t": time.time_ns(), "p": "probe"}, 1)
+        await asyncio.sleep(seconds)
+    finally:
+        await client.close()
+    await asyncio.sleep(0.2)
+    counters = recorder.counters[0]
+    print(f"delivered {counters.delivered}, acked {counters.acked}, connect replies "
+          f"{counters.connects}, errors {dict(recorder.errors)} {recorder.samples}")
 
 
 # ---------------------------------------------------------------------------
@@ -720,9 +812,11 @@ def render(result: RunResult) -> str:
         lines.append(
             f"totals: sessions {fmt(t.get('sessions'))} (setup failed {fmt(t.get('setup_failed'))})"
             f", published {fmt(t.get('published'))}, acked {fmt(t.get('acked'))}, failed "
-            f"{fmt(t.get('publish_failed'))}, skipped {fmt(t.get('skipped'))}; delivered "
-            f"{fmt(t.get('delivered'))} of {fmt(t.get('expected'))} expected "
-            f"(loss {fmt(t.get('loss_pct'), 3)}%), untimed {fmt(t.get('untimed'))}, "
+            f"{fmt(t.get('publish_failed'))}, unacked {fmt(t.get('unacked'))}, skipped "
+            f"{fmt(t.get('skipped'))}; delivered {fmt(t.get('delivered'))} of "
+            f"{fmt(t.get('expected'))} expected for acked publishes "
+            f"(missing {fmt(t.get('missing_pct'), 3)}%: lost or still in flight after the drain)"
+            f", untimed {fmt(t.get('untimed'))}, "
             f"alive at end {fmt(t.get('alive_at_end'))}")
     lines.append(f"server RSS: max sampled {mb(result.server.get('max_rss_kb'))} MB, "
                  f"VmHWM (peak) {mb(result.server.get('vm_hwm_kb'))} MB")
@@ -735,7 +829,8 @@ def render(result: RunResult) -> str:
 def render_phases(result: RunResult) -> list[str]:
     head = (f"{'phase':<12}{'pub/s tgt':>10}{'pub/s':>10}{'deliv/s':>11}{'expect/s':>11}"
             f"{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}{'srv cpu%':>9}"
-            f"{'cli cpu%':>9}{'cores busy%':>14}{'srv rss MB':>11}")
+            f"{'cli cpu%':>9}{'sirq%':>7}{'other%':>8}{'cores busy%':>13}{'srv rss MB':>11}"
+            f"{'conn/s':>9}")
     lines = [head]
     for p in result.phases:
         lat = p.get("latency_ms", {})
@@ -746,9 +841,12 @@ def render_phases(result: RunResult) -> list[str]:
             f"{fmt(p.get('pub_rate'), 0):>10}{fmt(p.get('delivered_rate'), 0):>11}"
             f"{fmt(p.get('expected_rate'), 0):>11}{fmt(lat.get('p50'), 2):>9}"
             f"{fmt(lat.get('p99'), 2):>9}{fmt(lat.get('p99.9'), 2):>10}{fmt(lat.get('max'), 1):>9}"
-            f"{fmt(p.get('server_cpu_pct')):>9}{fmt(p.get('client_cpu_pct')):>9}{cores:>14}"
-            f"{mb(p.get('server_rss_max_kb')):>11}")
-    lines.append("(* = not measured: warmup / drain; cpu% is of one core)")
+            f"{fmt(p.get('server_cpu_pct')):>9}{fmt(p.get('client_cpu_pct')):>9}"
+            f"{fmt(p.get('softirq_pct')):>7}{fmt(p.get('other_cpu_pct')):>8}{cores:>13}"
+            f"{mb(p.get('server_rss_max_kb')):>11}{fmt(p.get('connect_rate'), 0):>9}")
+    lines.append("(* = not measured: warmup/drain. cpu% is of one core. sirq% = kernel softirq"
+                 " time (loopback TCP), charged to no process. other% = other processes: when"
+                 " high, the machine was shared and the figures are skewed)")
     return lines
 
 
@@ -811,29 +909,38 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--transport", choices=["websocket", "long-polling"], default="websocket")
     g.add_argument("--server-pid", type=int, help="pid to sample (default: who listens on port)")
     g.add_argument("--spawn-server", action="store_true",
-                   help="start `python -m bayeux` pinned to --server-cpus, stop it afterwards")
+                   help="start `python -m MODULE` pinned to --server-cpus, stop it afterwards")
     g.add_argument("--server-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed as --option KEY=VALUE to the spawned server (repeatable)")
-    g.add_argument("--server-cpus", type=cpu_list, default=[0])
+    g.add_argument("--server-cpus", type=cpu_list, default=[0],
+                   help="cores for the spawned server, e.g. 0 or 0-1 (default 0)")
+    g.add_argument("--server-module", default="bayeux",
+                   help="module run as `python -m MODULE --host --port [--option]`")
     g.add_argument("--server-python", default=str(default_python if default_python.exists()
-                                                  else sys.executable))
+                                                  else sys.executable),
+                   help="interpreter for the spawned server (default: the repo's .venv)")
     g = common.add_argument_group("load")
-    g.add_argument("--clients", type=int, help="simulated clients (subscribers)")
+    g.add_argument("--clients", type=int,
+                   help="simulated clients (default: fanout/cometd-bench 1000, idle 10000)")
     g.add_argument("--workers", type=int, help="client processes (default: one per client cpu)")
     g.add_argument("--client-cpus", type=cpu_list,
                    help="pin client processes (default with --spawn-server: the other cores)")
-    g.add_argument("--duration", type=float, default=10.0, help="seconds per measured phase")
+    g.add_argument("--duration", type=float,
+                   help="seconds per measured phase (default 10; probe 2)")
     g.add_argument("--connect-concurrency", type=int, default=100,
                    help="simultaneous session set-ups per worker")
     g.add_argument("--seed", type=int, default=1)
     g = common.add_argument_group("output")
     g.add_argument("--json", metavar="FILE", help="append one JSON line per run to FILE")
     g.add_argument("--label", default=None, help="free text stored with the JSON record")
+    g.add_argument("--trace-file", metavar="FILE",
+                   help="append the wire exchange of one client (worker 0's first) to FILE")
 
     traffic = argparse.ArgumentParser(add_help=False)
     g = traffic.add_argument_group("traffic")
     g.add_argument("--rate", dest="rates", type=rate_list,
-                   help="total publishes/s; a comma list runs one measured phase per rate (ramp)")
+                   help="total publishes/s; a comma list runs one measured phase per rate (ramp);"
+                   " default fanout 100 (x1000 subscribers = 100k deliveries/s), cometd-bench 900")
     g.add_argument("--warmup", type=float, default=3.0,
                    help="seconds at the first rate, unmeasured")
     g.add_argument("--drain", type=float, default=2.0, help="seconds after publishing stops")
@@ -848,22 +955,37 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="scenario", required=True)
     p = sub.add_parser("fanout", parents=[common, traffic],
                        help="1 publisher, N subscribers on one channel")
-    p.set_defaults(clients=1000, rates=[100.0])
+
     p = sub.add_parser("cometd-bench", parents=[common, traffic],
                        help="CometD's benchmark: clients in rooms, random publishers")
     p.add_argument("--rooms", type=int, default=100)
     p.add_argument("--rooms-per-client", type=int, default=10)
-    p.set_defaults(clients=1000, rates=[900.0])
+
     p = sub.add_parser("idle", parents=[common], help="N idle sessions: server RSS per session")
     p.add_argument("--rooms", type=int, default=100,
                    help="each session subscribes to one of this many channels (0: none)")
     p.add_argument("--settle", type=float, default=2.0,
                    help="seconds between the last set-up and the RSS reading")
-    p.set_defaults(clients=10000)
+    p.set_defaults(warmup=0.0, drain=0.0, message_size=50, batch=1, max_backlog=1.0)
+    p = sub.add_parser("probe", parents=[common],
+                       help="one client: handshake, subscribe, publish; prints every frame")
     return top
 
 
+# Per-scenario defaults, applied after parsing: set_defaults() on subparsers would
+# leak between them through the shared parent actions.
+SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fanout": {"clients": 1000, "rates": [100.0], "duration": 10.0},
+    "cometd-bench": {"clients": 1000, "rates": [900.0], "duration": 10.0},
+    "idle": {"clients": 10000, "rates": [0.0], "duration": 10.0},
+    "probe": {"clients": 1, "rates": [0.0], "duration": 2.0},
+}
+
+
 def finish_args(args: argparse.Namespace) -> argparse.Namespace:
+    for key, value in SCENARIO_DEFAULTS[args.scenario].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     if args.clients < 1:
         raise SystemExit("--clients must be >= 1")
     Endpoint.parse(args.url)  # refuses anything but a local host
@@ -883,6 +1005,9 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, args.client_cpus)
     server = Server.spawn(args) if args.spawn_server else Server.attach(args)
     try:
+        if args.scenario == "probe":
+            run_loop(probe(server.url, args.transport, args.duration))
+            return 0
         result = Controller(args, server).run()
     finally:
         server.stop()

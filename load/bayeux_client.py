@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -33,7 +33,6 @@ except ImportError:  # pragma: no cover - pure Python fallback
     _apply_mask = None
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 Message = dict[str, Any]
 
 
@@ -44,7 +43,7 @@ class BayeuxError(Exception):
 class Sink(Protocol):
     def delivered(self, now_ns: int, sent_ns: int) -> None: ...
     def delivered_untimed(self, now_ns: int) -> None: ...
-    def acked(self, now_ns: int, successful: bool) -> None: ...
+    def acked(self, now_ns: int, successful: bool, expected: int) -> None: ...
     def connected(self, now_ns: int) -> None: ...
     def error(self, kind: str, detail: str = "") -> None: ...
 
@@ -60,9 +59,9 @@ class Endpoint:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "ws"):
             raise ValueError(f"only plain http:// or ws:// URLs are supported: {url}")
-        host = parts.hostname or ""
-        if host not in LOCAL_HOSTS:
-            raise ValueError(f"refusing to load a non-local host: {host!r}")
+        host = "127.0.0.1" if parts.hostname == "localhost" else (parts.hostname or "")
+        if host != "127.0.0.1":
+            raise ValueError(f"refusing to load anything but 127.0.0.1: {host!r}")
         return cls(host, parts.port or 80, parts.path or "/cometd")
 
     @property
@@ -122,8 +121,7 @@ class HttpConnection(asyncio.Protocol):
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -230,9 +228,11 @@ class HttpConnection(asyncio.Protocol):
 class HttpPool:
     """At most ``size`` keep-alive connections of one simulated browser."""
 
-    def __init__(self, endpoint: Endpoint, jar: CookieJar, size: int = 2) -> None:
+    def __init__(self, endpoint: Endpoint, jar: CookieJar, size: int = 2,
+                 trace: Callable[[str, bytes], None] | None = None) -> None:
         self._endpoint = endpoint
         self._jar = jar
+        self._trace = trace
         self._slots = asyncio.Semaphore(size)
         self._idle: list[HttpConnection] = []
         self.opened = 0
@@ -253,6 +253,9 @@ class HttpPool:
                 self._idle.append(conn)
             else:
                 conn.close()
+        if self._trace is not None:
+            cookie_note = f" Set-Cookie: {cookies}" if cookies else ""
+            self._trace("<<", f"HTTP {status}{cookie_note}".encode())
         if cookies:
             self._jar.update(cookies)
         if status != 200:
@@ -321,14 +324,13 @@ class WsConnection(asyncio.Protocol):
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         cookie = f"Cookie: {self._jar.header}\r\n" if self._jar.header else ""
         request = (f"GET {self._endpoint.path} HTTP/1.1\r\nHost: {self._endpoint.host_header}\r\n"
                    f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
                    f"Sec-WebSocket-Key: {self._key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
                    f"{cookie}\r\n")
-        transport.write(request.encode("latin-1"))
+        self.transport.write(request.encode("latin-1"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -350,6 +352,10 @@ class WsConnection(asyncio.Protocol):
             data = self._read_upgrade(data)
             if not data:
                 return
+        if (not self._pending and len(data) > 1 and data[0] == 0x81 and data[1] < 126
+                and len(data) == data[1] + 2):
+            self._on_text(data[2:])  # fast path: exactly one small unmasked text frame
+            return
         if self._pending:
             self._pending.append(data)
             self._pending_len += len(data)
@@ -443,7 +449,8 @@ class BayeuxClient:
     """
 
     def __init__(self, endpoint: Endpoint, transport: str, sink: Sink,
-                 batch: int = 100, request_timeout: float = 10.0) -> None:
+                 batch: int = 100, request_timeout: float = 10.0,
+                 trace: Callable[[str, bytes], None] | None = None) -> None:
         if transport not in ("websocket", "long-polling"):
             raise ValueError(f"unknown transport {transport!r}")
         self.endpoint = endpoint
@@ -451,15 +458,18 @@ class BayeuxClient:
         self.sink = sink
         self.batch = batch
         self.request_timeout = request_timeout
+        self.trace = trace  # sees every frame/body sent (">>") and received ("<<")
         self.client_id: str | None = None
         self.connect_timeout_ms = 30_000  # server advice, updated from replies
         self.alive = False  # the /meta/connect loop is running fine
         self.jar = CookieJar()
-        self._pool = HttpPool(endpoint, self.jar) if transport == "long-polling" else None
+        self._pool = (HttpPool(endpoint, self.jar, trace=trace) if transport == "long-polling"
+                      else None)
         self._ws: WsConnection | None = None
         self._waiters: dict[str, asyncio.Future[Message]] = {}
         self._next_id = 0
         self._outbox: list[Message] = []
+        self._expected: dict[str, int] = {}  # publish id -> deliveries it should cause
         self._flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -495,9 +505,13 @@ class BayeuxClient:
         self.alive = True
         self._spawn(self._connect_loop(deadline))
 
-    def publish(self, channel: str, data: Any) -> None:
+    def publish(self, channel: str, data: Any, expected: int = 0) -> None:
+        """Queue a publish; ``expected`` deliveries are credited when it is acked."""
+        message_id = self._new_id()
         self._outbox.append({"channel": channel, "clientId": self.client_id, "data": data,
-                             "id": self._new_id()})
+                             "id": message_id})
+        if expected:
+            self._expected[message_id] = expected
         if not self._flushing:
             self._flushing = True
             if self.transport == "websocket":
@@ -551,6 +565,8 @@ class BayeuxClient:
 
     async def _send(self, messages: list[Message]) -> None:
         body = orjson.dumps(messages)
+        if self.trace is not None:
+            self.trace(">>", body)
         if self._pool is not None:
             reply = await self._pool.post(body)
             self._on_text(reply)
@@ -627,7 +643,10 @@ class BayeuxClient:
     def _send_ws_batch(self, batch: list[Message]) -> None:
         if self._ws is None:
             raise BayeuxError("not connected")
-        self._ws.send_text(orjson.dumps(batch))
+        body = orjson.dumps(batch)
+        if self.trace is not None:
+            self.trace(">>", body)
+        self._ws.send_text(body)
 
     async def _flush_http(self) -> None:
         try:
@@ -645,6 +664,8 @@ class BayeuxClient:
 
     # -- incoming ------------------------------------------------------------
     def _on_text(self, payload: bytes) -> None:
+        if self.trace is not None:
+            self.trace("<<", payload)
         try:
             messages = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -669,7 +690,9 @@ class BayeuxClient:
             if not waiter.done():
                 waiter.set_result(message)
         elif "successful" in message and not message.get("channel", "/meta/").startswith("/meta/"):
-            self.sink.acked(now, bool(message["successful"]))
+            expected = self._expected.pop(message.get("id", ""), 0)
+            successful = bool(message["successful"])
+            self.sink.acked(now, successful, expected if successful else 0)
         else:
             self.sink.error(f"unexpected message on {message.get('channel')}",
                             orjson.dumps(message).decode())
