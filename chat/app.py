@@ -18,6 +18,7 @@ from .auth import BasicAuth, protected
 from .chat_push import ChatPushNotifier
 from .config import ChatConfig
 from .engine import ChatEngine
+from .gms_user import GmsSecurityPolicy
 from .model import ChatSession
 from .node_api import NodeApi
 from .push import PushService
@@ -40,6 +41,7 @@ def create_app(
 ) -> web.Application:
     options = options or BayeuxOptions()
     bayeux = BayeuxServer(options, engine=engine)
+    bayeux.security = GmsSecurityPolicy(bayeux)
     bayeux.add_extension(AckExtension())
     bayeux.add_extension(TimesyncExtension())
     config = config or ChatConfig()
