@@ -171,10 +171,9 @@ class RedisEngine(Engine):
             self._spawn(self._unsubscribe(topic, pattern=False))
 
     async def user_bound(self, session: ServerSession, user_id: str) -> None:
-        count = self._local_users.get(user_id, 0)
-        self._local_users[user_id] = count + 1
-        if count == 0:
-            await self._subscribe(self.user_topic(user_id))
+        if self._local_users.get(user_id, 0) == 0:
+            await self._subscribe(self.user_topic(user_id))  # counted only once subscribed
+        self._local_users[user_id] = self._local_users.get(user_id, 0) + 1
 
     def user_unbound(self, session: ServerSession, user_id: str) -> None:
         count = self._local_users.get(user_id, 0) - 1

@@ -128,6 +128,27 @@ class Replay:
             wanted[channel] = value
         return wanted
 
+    async def track(self, session: ServerSession, channels: list[str]) -> None:
+        """Note where newly subscribed durable channels stand, so a handover can resume
+        them from there even if no event reached the session before it."""
+        for channel in channels:
+            if channel not in session.replay_positions and self._concrete_durable(channel):
+                _, last = await self.server.engine.history_bounds(channel)
+                session.replay_positions[channel] = last
+
+    async def resume(self, session: ServerSession, positions: dict[str, int]) -> None:
+        """After a handover: replay what the session's durable channels missed meanwhile."""
+        wanted = {
+            channel: position
+            for channel, position in positions.items()
+            if channel in session.subscriptions and self._concrete_durable(channel)
+        }
+        session.replay_positions.update(wanted)
+        await self.deliver(session, wanted)
+
+    def _concrete_durable(self, channel: str) -> bool:
+        return not p.is_wildcard(channel) and self.is_durable(channel)
+
     async def deliver(self, session: ServerSession, wanted: dict[str, int]) -> None:
         """Queue each channel's retained events after the asked id, then the live events
         that arrived meanwhile and are newer, so nothing is missed or repeated."""

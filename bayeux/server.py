@@ -182,9 +182,9 @@ class BayeuxServer:
         if session.user_id == user_id:
             return
         self._unbind_user(session)
+        await self.engine.user_bound(session, user_id)  # raises before anything is recorded
         session.user_id = user_id
         self._users.setdefault(user_id, set()).add(session)
-        await self.engine.user_bound(session, user_id)
 
     async def deliver_to_user(self, user_id: str, channel: str, data: Any, **fields: Any) -> None:
         """Send a message to every session of one user, wherever they are connected."""
@@ -493,11 +493,12 @@ class BayeuxServer:
                 except EngineUnavailable:
                     self._unsubscribe_all(session, new)
                     return p.failure(message, p.ENGINE_UNAVAILABLE, **echo)
-        if replay:
-            try:
+        try:
+            if replay:
                 await self.replay.deliver(session, replay)
-            except EngineUnavailable:
-                return p.failure(message, p.ENGINE_UNAVAILABLE, **echo)
+            await self.replay.track(session, new)
+        except EngineUnavailable:
+            return p.failure(message, p.ENGINE_UNAVAILABLE, **echo)
         return p.reply_to(message, successful=True, **echo)
 
     def _unsubscribe(self, session: ServerSession, message: Message) -> Message:
@@ -549,6 +550,8 @@ class BayeuxServer:
             data = await handler(request)
         except Denied as denial:
             return p.failure(message, p.denied("publish", denial.reason))
+        except EngineUnavailable:
+            return p.failure(message, p.ENGINE_UNAVAILABLE)
         except Exception:
             log.exception("service handler for %s failed", channel)
             return p.failure(message, p.SERVICE_FAILED)
@@ -649,6 +652,7 @@ class BayeuxServer:
                     await self.engine.subscribed(pattern)
             if snapshot.get("user"):
                 await self.bind_user(session, snapshot["user"])
+            await self.replay.resume(session, snapshot.get("replay") or {})
         except EngineUnavailable:
             self.remove_session(session, "adopt_failed")
             return None

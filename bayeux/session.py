@@ -212,6 +212,9 @@ class ServerSession:
         self.dropped = 0
         """Messages dropped by the `drop-oldest` slow-consumer policy."""
         self._held_channels: dict[str, list[Delivery]] | None = None
+        self.replay_positions: dict[str, int] = {}
+        """Durable channel -> the last replay id queued for this session: where another node
+        resumes it after a handover."""
 
     def __repr__(self) -> str:
         return f"<ServerSession {self.id} user={self.user_id} transport={self.transport}>"
@@ -259,6 +262,8 @@ class ServerSession:
             queue.popleft()
             self.dropped += 1
         queue.append(delivery)
+        if delivery.replay_id is not None:
+            self.replay_positions[delivery.channel] = delivery.replay_id
         if self.link is not None and not self.connect_only:
             self.server.schedule_flush(self)
         elif self.held is not None:
@@ -315,6 +320,7 @@ class ServerSession:
                 "ack": self.ack.batch if self.ack is not None else None,
                 "connect_only": self.connect_only,
                 "queue": queue,
+                "replay": self.replay_positions,
                 "attributes": _plain(self.attributes),
             }
         )

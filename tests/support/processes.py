@@ -135,6 +135,14 @@ class ServerProcess:
             _stop_process(self._process, grace)
             self._process = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash (no graceful shutdown); start() brings it back on the same port."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            self._process = None
+
     def restart(self, timeout: float = 20.0) -> None:
         """Stops and starts the server again on the same port (a memory engine forgets all)."""
         self.stop()
@@ -344,6 +352,17 @@ class NodeSession:
         while (line := self._next_line(deadline, repr(expected))) != expected:
             if line is None:
                 raise self._failure(f"exited while waiting for {expected!r}")
+
+    def expect_prefix(self, prefix: str, timeout: float) -> str:
+        """Waits for a stdout line starting with prefix and returns the rest of it (other lines
+        are kept for the result), e.g. `KILL node2` -> "node2" for prefix "KILL "."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._next_line(deadline, f"a line starting with {prefix!r}")
+            if line is None:
+                raise self._failure(f"exited while waiting for a line starting with {prefix!r}")
+            if line.startswith(prefix):
+                return line[len(prefix) :]
 
     def send_line(self, line: str) -> None:
         assert self._process.stdin is not None
