@@ -13,8 +13,9 @@ from aiohttp import web
 from bayeux import AckExtension, BayeuxOptions, BayeuxServer, Engine, TimesyncExtension, mount
 from bayeux.app import health
 
-from . import chat_v2_cometd, chat_v2_rest
+from . import chat_files, chat_v2_cometd, chat_v2_rest, notification_api
 from .auth import BasicAuth, protected
+from .chat_files import DiskFileStore, FileStore
 from .chat_push import ChatPushNotifier
 from .config import ChatConfig
 from .engine import ChatEngine
@@ -38,6 +39,7 @@ def create_app(
     config: ChatConfig | None = None,
     store: ChatStore | None = None,
     storage: StorageBackend | None = None,
+    files: FileStore | None = None,
 ) -> web.Application:
     options = options or BayeuxOptions()
     bayeux = BayeuxServer(options, engine=engine)
@@ -53,9 +55,11 @@ def create_app(
     app[PUSH_SERVICE] = push
     mount(app, bayeux, *COMETD_PATHS)
     app.router.add_get("/health", health)
-    chat_v2_rest.setup(app, chat, config.cors_allowed_origins)
+    rest = chat_v2_rest.setup(app, chat, config.cors_allowed_origins)
+    chat_files.setup(app, rest, chat, files or DiskFileStore(config.file_store_dir))
     chat_v2_cometd.setup(bayeux, chat)
     _add_admin_apis(app, bayeux, config, storage or MemoryStorage())
+    notification_api.setup(app, bayeux, config)
     app.cleanup_ctx.append(_run_chat_engine)
     return app
 

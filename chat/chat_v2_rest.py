@@ -8,7 +8,9 @@ order the spec fixes (spec-chat-v2 §1.7):
     405 (not POST) → 404/306 (service) → 401 (Basic auth) → 415 (content type)
     → 400 with every missing or malformed parameter at once → 249 (session) → the operation
 
-File management (`…/file…`, spec §2.12-2.15) is served elsewhere.
+File management (`…/file…`, spec §2.12-2.15) is served by chat_files.py through the same
+path: `RestApi.route` takes a `FileReceiver` that streams multipart file parts as they arrive,
+and a `Failure` renderer for endpoints whose errors are not JSON (downloads).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import BodyPartReader, hdrs, web
 
 from bayeux.transports.http import cross_origin_headers
 
@@ -36,7 +38,8 @@ log = logging.getLogger("gms.chat.rest")
 
 ROOT = "/genesys/2/chat"
 JSON_TYPE = "application/json;charset=UTF-8"
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+MULTIPART = "multipart/form-data"
+FORM_TYPES = ("application/x-www-form-urlencoded", MULTIPART)
 USER_DATA = re.compile(r"userData\[(.*)\]", re.DOTALL)
 """`userData[<key>]`: the key runs from the first `[` to the last `]` (spec §1.2)."""
 POSITION = re.compile(r"[0-9]+")
@@ -45,9 +48,28 @@ BEYOND_ANY_INDEX = 2**63 - 1
 NO_CACHE = {"Cache-Control": "no-cache, no-store", "Pragma": "no-cache"}
 ANY_ORIGIN = "*"
 REALM = 'Basic realm="GMS"'
+FIELDS_MAX = 1 << 20
+"""Bytes of text fields a streamed multipart body may carry (besides its file parts)."""
 
 Reply = dict[str, Any]
-Handler = Callable[["Call"], Awaitable[Reply]]
+Handler = Callable[["Call"], Awaitable[Reply | web.StreamResponse]]
+"""An endpoint: a JSON reply, or a response of its own (a download)."""
+Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
+"""Everything after CORS and the method check."""
+Failure = Callable[[web.Request, Exception], web.Response]
+"""How a failed request is answered; called inside the `except`, so it may log the traceback."""
+
+
+class Attachment(Protocol):
+    """What a `FileReceiver` made of a file part."""
+
+    async def close(self) -> None:
+        """Release whatever the request did not keep (called once the request is answered)."""
+
+
+FileReceiver = Callable[[web.Request, "Form", BodyPartReader], Awaitable[Attachment]]
+"""Takes one multipart file part as it arrives; the form holds the fields read before it. A
+receiver that leaves the part unread (too large to be worth reading) ends the body there."""
 
 
 @dataclass
@@ -57,8 +79,9 @@ class Form:
     params: dict[str, str] = field(default_factory=dict)
     user_data: dict[str, str] = field(default_factory=dict)
     """The `userData[<key>]` parameters, by key (the last value of a repeated key wins)."""
-    files: dict[str, web.FileField] = field(default_factory=dict)
-    """Multipart file parts, for the file endpoints; the others ignore them."""
+    files: dict[str, Attachment] = field(default_factory=dict)
+    """Multipart file parts, as the endpoint's `FileReceiver` took them (only endpoints that
+    have one receive files; the others ignore file parts)."""
 
     def add(self, name: str, value: str) -> None:
         match = USER_DATA.fullmatch(name)
@@ -67,29 +90,29 @@ class Form:
         else:
             self.params[name] = value
 
+    async def attach(self, name: str, attachment: Attachment) -> None:
+        """Keep a file part (a repeated name: the last one wins, the other is released)."""
+        previous = self.files.pop(name, None)
+        self.files[name] = attachment
+        if previous is not None:
+            await previous.close()
 
-class Call:
-    """One request on its way through validation.
+    async def close(self) -> None:
+        for attachment in self.files.values():
+            await attachment.close()
+
+
+class Fields:
+    """A request's parameters on their way through validation.
 
     Handlers read parameters through `require`, `optional`, `given` and `position`; each
-    problem found is kept rather than raised, so that `session()` (or `validate()`) can
-    report every missing or malformed parameter in one 400 before the session is looked up.
+    problem found is kept rather than raised, so that `validate()` can report every missing
+    or malformed parameter in one 400 before the session is looked up.
     """
 
-    def __init__(
-        self, chat: ChatEngine, service: ServiceConfig, chat_id: str | None, form: Form
-    ) -> None:
-        self.chat = chat
-        self.service = service
-        self.chat_id = chat_id
+    def __init__(self, form: Form) -> None:
         self.form = form
         self.problems: list[int] = []
-        if chat_id is not None:  # every call after the create names its chat (spec §2)
-            self._user_id = self.require("userId", e.USER_ID_MISSING)
-            self._secure_key = self.require("secureKey", e.SECURE_KEY_MISSING)
-            self.require("alias", e.ALIAS_MISSING)  # presence only: aliases move (§1.6)
-            if not chat_id:
-                self.problems.append(e.CHAT_ID_MISSING)
 
     @property
     def user_data(self) -> dict[str, str]:
@@ -128,6 +151,24 @@ class Call:
         """Raise the 400 with every problem found so far, if any."""
         if self.problems:
             raise e.invalid(*self.problems)
+
+
+class Call(Fields):
+    """One request to a chat service: its parameters, and the chat they open."""
+
+    def __init__(
+        self, chat: ChatEngine, service: ServiceConfig, chat_id: str | None, form: Form
+    ) -> None:
+        super().__init__(form)
+        self.chat = chat
+        self.service = service
+        self.chat_id = chat_id
+        if chat_id is not None:  # every call after the create names its chat (spec §2)
+            self._user_id = self.require("userId", e.USER_ID_MISSING)
+            self._secure_key = self.require("secureKey", e.SECURE_KEY_MISSING)
+            self.require("alias", e.ALIAS_MISSING)  # presence only: aliases move (§1.6)
+            if not chat_id:
+                self.problems.append(e.CHAT_ID_MISSING)
 
     async def session(self, allow_ended: bool = False) -> ChatSession:
         """The request's chat, once its parameters are valid (249 if the credentials do not
@@ -349,49 +390,58 @@ class RestApi:
         self.allowed_origins = tuple(allowed_origins)
         self._auth: dict[str, BasicAuth] = {}
 
-    def route(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def route(
+        self,
+        handler: Handler,
+        receive_file: FileReceiver | None = None,
+        failure: Failure | None = None,
+    ) -> Answer:
+        """An endpoint of a chat service: `answer` behind `serve`."""
+
         async def endpoint(request: web.Request) -> web.StreamResponse:
-            return await self.serve(request, handler)
+            return await self.serve(
+                request, lambda req: self.answer(req, handler, receive_file, failure)
+            )
 
         return endpoint
 
-    async def serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def serve(self, request: web.Request, answer: Answer) -> web.StreamResponse:
         """CORS and method, then the request itself; every reply gets the CORS headers."""
         cors = self.cors_headers(request)
         if cors is None:
             return json_response({"message": "origin not allowed"}, 403)
         if request.method == hdrs.METH_OPTIONS:
             return web.Response(status=204, headers=cors)
+        response: web.StreamResponse
         if request.method != hdrs.METH_POST:
             response = json_response({"message": f"{request.method} not allowed; use POST"}, 405)
             response.headers[hdrs.ALLOW] = "POST, OPTIONS"
         else:
-            response = await self.answer(request, handler)
+            response = await answer(request)
         response.headers.update(cors)
         return response
 
-    async def answer(self, request: web.Request, handler: Handler) -> web.Response:
-        try:
+    async def answer(
+        self,
+        request: web.Request,
+        handler: Handler,
+        receive_file: FileReceiver | None = None,
+        failure: Failure | None = None,
+    ) -> web.StreamResponse:
+        """Service, Basic auth, the form, then the endpoint (failures: JSON by default)."""
+
+        async def work() -> web.StreamResponse:
             service = self.chat.service(request.match_info["serviceName"])
             if service.basic_auth and await self.auth(service).user(request) is None:
                 raise Refused(401, "Unauthorized", {hdrs.WWW_AUTHENTICATE: REALM})
-            form = await read_form(request)
-            call = Call(self.chat, service, request.match_info.get("chatId"), form)
-            return json_response(await handler(call))
-        except Refused as refusal:
-            response = json_response({"message": refusal.message}, refusal.status)
-            response.headers.update(refusal.headers)
-            return response
-        except e.ChatError as error:
-            return error_response(error)
-        except web.HTTPException:
-            raise  # aiohttp's own answers, e.g. 413 for an oversized body
-        except Exception:
-            reference = secrets.token_hex(8).upper()
-            log.exception("chat v2 REST %s failed, referenceId %s", request.path, reference)
-            return json_response(
-                {"statusCode": 2, "errors": [{"code": e.INTERNAL_ERROR, "advice": reference}]}
-            )
+            form = await read_form(request, receive_file)
+            try:
+                call = Call(self.chat, service, request.match_info.get("chatId"), form)
+                return respond(await handler(call))
+            finally:
+                await form.close()
+
+        return await guarded(request, work, failure or json_failure)
 
     def auth(self, service: ServiceConfig) -> BasicAuth:
         """One checker per protected service (each remembers its own successes)."""
@@ -406,11 +456,13 @@ class RestApi:
         return cross_origin_headers(self.allowed_origins, request, "POST, OPTIONS")
 
 
-async def read_form(request: web.Request) -> Form:
+async def read_form(request: web.Request, receive_file: FileReceiver | None = None) -> Form:
     """The query string, then the body's fields over it.
 
     An empty body, whatever its declared type, simply has no parameters and fails
-    validation like any request missing them; a body of another type is 415.
+    validation like any request missing them; a body of another type is 415. With a
+    `receive_file`, a multipart body is streamed and its file parts handed to it; without
+    one, file parts are ignored.
     """
     form = Form()
     for name, text in request.query.items():
@@ -420,17 +472,94 @@ async def read_form(request: web.Request) -> Form:
     if request.content_type not in FORM_TYPES:
         raise Refused(415, f"unsupported content type; use one of {', '.join(FORM_TYPES)}")
     try:
-        fields = await request.post()
+        if receive_file is not None and request.content_type == MULTIPART:
+            await _stream_multipart(request, form, receive_file)
+        else:
+            await _read_body(request, form)
     except ValueError as error:  # a malformed multipart body
+        await form.close()
         raise Refused(400, f"malformed form body: {error}") from error
-    for name, value in fields.items():
-        if isinstance(value, web.FileField):
-            form.files[name] = value
-        elif isinstance(value, str):
-            form.add(name, value)
-        else:  # a multipart field sent with a non-text content type
-            form.add(name, bytes(value).decode(errors="replace"))
+    except BaseException:
+        await form.close()
+        raise
     return form
+
+
+async def _read_body(request: web.Request, form: Form) -> None:
+    for name, value in (await request.post()).items():
+        if isinstance(value, str):
+            form.add(name, value)
+        elif not isinstance(value, web.FileField):  # a field sent with a non-text type
+            form.add(name, bytes(value).decode(errors="replace"))
+
+
+async def _stream_multipart(request: web.Request, form: Form, receive_file: FileReceiver) -> None:
+    """Text fields are read whole (at most `FIELDS_MAX` bytes in all); file parts go to
+    `receive_file` as they arrive."""
+    reader = await request.multipart()
+    room = FIELDS_MAX
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise ValueError("nested or unnamed multipart part")
+        if part.filename:
+            await form.attach(part.name, await receive_file(request, form, part))
+            if not part.at_eof():
+                return  # the receiver has what it needs; the rest of the body is not read
+        else:
+            room -= await _read_field(form, part, room)
+
+
+async def _read_field(form: Form, part: BodyPartReader, room: int) -> int:
+    """Add one text field; the bytes it took."""
+    raw = bytearray()
+    while chunk := await part.read_chunk():
+        raw.extend(chunk)
+        if len(raw) > room:
+            raise Refused(413, "form fields too large")
+    value = bytearray()
+    async for decoded in part.decode_iter(raw):
+        value.extend(decoded)
+    assert part.name is not None
+    form.add(part.name, value.decode(part.get_charset(default="utf-8"), errors="replace"))
+    return len(raw)
+
+
+async def guarded(
+    request: web.Request, work: Callable[[], Awaitable[web.StreamResponse]], failure: Failure
+) -> web.StreamResponse:
+    """`work`'s response, or `failure`'s for what it raised (aiohttp's own HTTP errors, e.g.
+    413 for an oversized body, pass through)."""
+    try:
+        return await work()
+    except web.HTTPException:
+        raise
+    except Exception as error:
+        return failure(request, error)
+
+
+def respond(result: Reply | web.StreamResponse) -> web.StreamResponse:
+    return result if isinstance(result, web.StreamResponse) else json_response(result)
+
+
+def json_failure(request: web.Request, error: Exception) -> web.Response:
+    """The chat v2 error replies: a refusal's status with `{"message"}`; a chat error's
+    envelope; anything else `statusCode` 2 with code 240 and a logged referenceId."""
+    if isinstance(error, Refused):
+        response = json_response({"message": error.message}, error.status)
+        response.headers.update(error.headers)
+        return response
+    if isinstance(error, e.ChatError):
+        return error_response(error)
+    reference = reference_id()
+    log.exception("chat v2 REST %s failed, referenceId %s", request.path, reference)
+    return json_response(
+        {"statusCode": 2, "errors": [{"code": e.INTERNAL_ERROR, "advice": reference}]}
+    )
+
+
+def reference_id() -> str:
+    """The id a failure is logged under, for the client to quote."""
+    return secrets.token_hex(8).upper()
 
 
 def error_response(error: e.ChatError) -> web.Response:

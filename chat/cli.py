@@ -12,6 +12,7 @@ from bayeux import BayeuxOptions
 from bayeux.app import add_engine_arguments, make_engine, run
 
 from .app import create_app
+from .chat_files import RedisFileStore
 from .config import load_config
 from .passwords import hash_password
 from .storage import RedisStorage
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     logging.getLogger("gms").info("serving on http://%s:%d", args.host, args.port)
     storage = RedisStorage(args.redis) if args.redis else None
-    app = create_app(options, make_engine(args.redis, args.node_id), config, storage=storage)
+    files = RedisFileStore(args.redis) if args.redis else None
+    engine = make_engine(args.redis, args.node_id)
+    app = create_app(options, engine, config, storage=storage, files=files)
     run(app, args.host, args.port)
 
 

@@ -17,6 +17,89 @@ from .auth import parse_credentials
 
 DEFAULT_SERVICE = "customer-support"
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+FILE_OPTION_PREFIX = "file."
+"""`file.<gms-name>` options (`file.upload-max-files`, ...) set `FileOptions` fields."""
+TRUE_WORDS = ("true", "yes", "1")
+BOOLEAN_WORDS = (*TRUE_WORDS, "false", "no", "0")
+
+
+def truthy(text: str) -> bool:
+    """GMS's boolean-like option values: true, yes or 1 (any case); anything else is false."""
+    return text.strip().lower() in TRUE_WORDS
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """The `file.*` options of a chat service (spec-chat-v2 §4.1, §4.6).
+
+    Values stay the configured strings, because limits replies echo them verbatim; the
+    properties give their meaning.
+    """
+
+    download_attempts: str = "10"
+    upload_max_files: str = "10"
+    upload_max_file_size: str = "2097152"
+    upload_max_total_size: str = "5242880"
+    upload_need_agent: str = "true"
+    upload_file_types: str = "bmp:csv:doc:docx:gif:jpg:pdf:png:ppt:pptx:tif:txt:xls:xlsx"
+    delete_file: str = "false"
+    """Boolean-like: whether a delete gives the upload slot and bytes back (any other value,
+    such as GMS's sample `odd`, means no)."""
+    client_delete_allowed: str = "true"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "download_attempts",
+            "upload_max_files",
+            "upload_max_file_size",
+            "upload_max_total_size",
+        ):
+            if not getattr(self, name).strip().isdigit():
+                raise ValueError(f"{_gms_name(name)}: expected a whole number of at least 0")
+        for name in ("upload_need_agent", "client_delete_allowed"):
+            if getattr(self, name).strip().lower() not in BOOLEAN_WORDS:
+                raise ValueError(f"{_gms_name(name)}: expected true or false")
+
+    @property
+    def max_downloads(self) -> int:
+        """Client downloads allowed per file."""
+        return int(self.download_attempts)
+
+    @property
+    def max_files(self) -> int:
+        return int(self.upload_max_files)
+
+    @property
+    def max_file_size(self) -> int:
+        return int(self.upload_max_file_size)
+
+    @property
+    def max_total_size(self) -> int:
+        return int(self.upload_max_total_size)
+
+    @property
+    def need_agent(self) -> bool:
+        return truthy(self.upload_need_agent)
+
+    @property
+    def file_types(self) -> list[str]:
+        """The allowed extensions, lower-case, in the configured order."""
+        return [t.strip().lower() for t in self.upload_file_types.split(":") if t.strip()]
+
+    @property
+    def delete_frees_slot(self) -> bool:
+        return truthy(self.delete_file)
+
+    @property
+    def client_may_delete(self) -> bool:
+        return truthy(self.client_delete_allowed)
+
+
+FILE_OPTIONS = frozenset(f.name for f in dataclasses.fields(FileOptions))
+
+
+def _gms_name(field_name: str) -> str:
+    return FILE_OPTION_PREFIX + field_name.replace("_", "-")
 
 
 @dataclass
@@ -38,6 +121,8 @@ class ServiceConfig:
     rest_client_timeout_s: float = 0
     push_notification_to_active_client: bool | None = None
     """None: use the `[chat]` value."""
+    file_options: dict[str, str] = field(default_factory=dict)
+    """`file.*` values overriding the `[chat]` ones, by `FileOptions` field name."""
 
 
 @dataclass
@@ -59,12 +144,23 @@ class ChatConfig:
     """Sites whose pages may call the chat API (`*`: any; the origin is echoed)."""
     alias: str = "117"
     """This deployment's alias, returned to REST clients (any value is accepted back)."""
+    file_options: dict[str, str] = field(default_factory=dict)
+    """`file.*` values for every service, by `FileOptions` field name."""
+    file_store_dir: str | None = None
+    """Where the disk file store keeps uploads (default: a new directory under the OS temp
+    directory, removed at shutdown). Unused with `--redis`, where Redis keeps them."""
     sections: dict[str, dict[str, str]] = field(default_factory=dict)
     """Every other section of the file, verbatim: `[push]`, `[push.provider.<P>...]`,
     credential sections they reference, and those of other features."""
 
     def service(self, name: str) -> ServiceConfig | None:
         return self.services.get(name)
+
+    def files(self, service: str) -> FileOptions:
+        """The service's `file.*` options: its own over the `[chat]` ones over the defaults."""
+        config = self.services.get(service)
+        overrides = config.file_options if config is not None else {}
+        return FileOptions(**{**self.file_options, **overrides})
 
     def push_to_active_client(self, service: str) -> bool:
         config = self.services.get(service)
@@ -103,13 +199,31 @@ def load_config(path: str | Path | None) -> ChatConfig:
     return config
 
 
-def _apply(target: Any, values: dict[str, str], where: str) -> None:
+_NOT_OPTIONS = ("services", "name", "credentials", "sections", "file_options")
+
+
+def _apply(target: ChatConfig | ServiceConfig, values: dict[str, str], where: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(target)}
     for key, raw in values.items():
+        if key.startswith(FILE_OPTION_PREFIX):
+            _apply_file_option(target.file_options, key, raw, where)
+            continue
         known = fields.get(key)
-        if known is None or key in ("services", "name", "credentials", "sections"):
+        if known is None or key in _NOT_OPTIONS:
             raise ValueError(f"{where}: unknown option {key!r}")
         setattr(target, key, _convert(getattr(target, key), raw, f"{where} {key}"))
+
+
+def _apply_file_option(options: dict[str, str], key: str, raw: str, where: str) -> None:
+    """`file.upload-max-files = 3` sets `upload_max_files`; values are checked at once."""
+    name = key[len(FILE_OPTION_PREFIX) :].replace("-", "_")
+    if name not in FILE_OPTIONS or _gms_name(name) != key:
+        raise ValueError(f"{where}: unknown option {key!r}")
+    options[name] = raw.strip()
+    try:
+        FileOptions(**options)
+    except ValueError as exc:
+        raise ValueError(f"{where} {exc}") from None
 
 
 def _convert(current: Any, raw: str, where: str) -> Any:

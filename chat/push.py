@@ -42,6 +42,8 @@ class PushMessage:
     """customhttp: the subscriber's credentials, sent as `Authorization: Basic <value>`."""
     properties: dict[str, str] = field(default_factory=dict)
     """Per-publish OS attributes (e.g. `apple.badge`, `apple.sound`)."""
+    content_type: str = "text/plain;charset=UTF-8"
+    """For `httpcb`: `application/json` when the message is a serialised JSON value."""
 
 
 class Provider(Protocol):
@@ -95,6 +97,7 @@ class PushService:
             "fcm": FcmProvider(self),
             "gcm": FcmProvider(self),
             "ios": ApnsProvider(self),
+            "wns": WnsProvider(self),
         }
 
     async def close(self) -> None:
@@ -200,16 +203,53 @@ class CustomHttpProvider:
 
 
 class HttpCallbackProvider:
-    """`httpcb`: the device id is the subscriber's callback URL; the body is the message."""
+    """`httpcb`: POST the message to the subscriber's callback URL (the device id), as
+    text, or as JSON for a JSON message; the subscriber's `authorization` as Basic."""
 
     def __init__(self, service: PushService) -> None:
         self.service = service
 
     async def send(self, push: PushMessage, options: dict[str, str]) -> None:
-        if not push.device_id.startswith(("http://", "https://")):
+        url = push.device_id.strip()
+        if not is_http_url(url):
             raise PushError("an httpcb device id must be an http(s) URL")
-        headers = {"Content-Type": "text/plain; charset=utf-8"}
-        await self.service.post(push.device_id, push.message.encode(), headers)
+        headers = {"Content-Type": push.content_type}
+        if push.authorization:
+            headers["Authorization"] = f"Basic {push.authorization}"
+        await self.service.post(url, push.message.encode(), headers)
+
+
+class WnsProvider:
+    """`wns`: a raw WNS notification (`X-WNS-Type: wns/raw`) with the message as its body.
+
+    It goes to `wns.url` (`debug.wns.url` for debug pushes) when configured, a gateway or a
+    test endpoint, with the channel URI in `X-WNS-Channel-Uri`; else to the channel URI (the
+    device id) itself, with `wns.accessToken` (or the `password` of the section `wns = ...`
+    names) as a bearer token. Obtaining that token from the package SID and secret (OAuth)
+    is not done here.
+    """
+
+    def __init__(self, service: PushService) -> None:
+        self.service = service
+
+    async def send(self, push: PushMessage, options: dict[str, str]) -> None:
+        gateway = options.get("debug.wns.url" if push.debug else "wns.url") or options.get(
+            "wns.url"
+        )
+        url = gateway or push.device_id
+        if not is_http_url(url):
+            raise PushError("wns needs wns.url or an http(s) channel URI as device id")
+        headers = {"Content-Type": "application/octet-stream", "X-WNS-Type": "wns/raw"}
+        if gateway:
+            headers["X-WNS-Channel-Uri"] = push.device_id
+        token = secret(options, "wns.accessToken", push.debug, self.service.sections)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        await self.service.post(url, push.message.encode(), headers)
+
+
+def is_http_url(value: str | None) -> bool:
+    return bool(value) and str(value).strip().startswith(("http://", "https://"))
 
 
 class FcmProvider:
