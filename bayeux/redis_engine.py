@@ -28,6 +28,7 @@ from . import protocol as p
 from .engine import Engine, EngineUnavailable
 from .replay import EventTemplate
 from .session import Delivery
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .server import BayeuxServer
@@ -118,12 +119,8 @@ class RedisEngine(Engine):
         if self._redis is not None and self._healthy:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.zrem(self.registry_key(), self.node_id)  # a clean leave
-        tasks = [*self._tasks, *self._background]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in [*self._tasks, *self._background]:
+            await cancel_and_wait(task)
         self._tasks = []
         self._fail_pending("engine closed")
         if self._pubsub is not None:

@@ -64,7 +64,7 @@ from .chat_v2_rest import (
     respond,
 )
 from .config import ChatConfig, FileOptions
-from .engine import CLIENT_REST, Cause, ChatEngine, Outcome
+from .engine import CLIENT_REST, Cause, ChatEngine, Outcome, event_time
 from .model import ChatSession, Event, Party
 from .store import StoreUnavailable
 
@@ -687,7 +687,7 @@ class ChatFiles:
             )
             state.records[record.file_id] = record
             data = {**upload.user_data, **record.event_data()}
-            return [self._event(m.FILE_UPLOADED, party, record.name, data)]
+            return [self.chat.event(m.FILE_UPLOADED, party, record.name, user_data=data)]
 
         try:
             return await self.chat.change(chat_id, _with_files(add), cause)
@@ -712,7 +712,7 @@ class ChatFiles:
                 state.uploaded_bytes -= record.size
             deleted[:] = [record]
             data = {"file-id": record.file_id, "file-name": record.name}
-            return [self._event(m.FILE_DELETED, party, record.name, data)]
+            return [self.chat.event(m.FILE_DELETED, party, record.name, user_data=data)]
 
         outcome = await self.chat.change(chat_id, _with_files(remove), cause)
         await self._forget(deleted[0].blob)
@@ -743,11 +743,6 @@ class ChatFiles:
         except StoreUnavailable as exc:
             log.warning("file %s not deleted: %s", blob, exc)
 
-    def _event(self, kind: str, party: Party, text: str, user_data: dict[str, str]) -> Event:
-        return Event(
-            type=kind, party=party, utc_time=utc_now(self.config), text=text, user_data=user_data
-        )
-
 
 def _live(state: FilesState, file_id: str, session: ChatSession) -> FileRecord:
     """A file that can be downloaded: 241 if unknown, 264 if deleted."""
@@ -768,12 +763,6 @@ def _file_id(outcome: Outcome) -> str:
     [uploaded] = outcome.events
     assert uploaded.user_data is not None
     return uploaded.user_data["file-id"]
-
-
-def utc_now(config: ChatConfig) -> int:
-    """An event time, at the configured resolution (as the engine stamps its events)."""
-    utc = m.now_ms()
-    return utc - utc % 1000 if config.utc_time_resolution == "s" else utc
 
 
 # -- HTTP replies ----------------------------------------------------------------------
@@ -1056,7 +1045,7 @@ class NtfFiles(Surface):
             "from": session.client.to_wire(),
             "text": LIMITS_NOTICE,
             "type": m.NOTICE,
-            "utcTime": utc_now(self.files.config),
+            "utcTime": event_time(self.files.config),
             "userData": self.files.limits(session),
         }
         return {"messages": [notice], **self._status(session)}

@@ -31,7 +31,7 @@ from . import errors as e
 from . import model as m
 from .auth import BasicAuth
 from .config import ServiceConfig
-from .engine import EMAIL, ChatEngine, check_names
+from .engine import ChatEngine, request_problems
 from .model import ChatSession
 
 log = logging.getLogger("gms.chat.rest")
@@ -230,14 +230,7 @@ async def request_chat(call: Call) -> Reply:
     last_name = call.optional("lastName")
     subject = call.optional("subject")
     email = call.optional("emailAddress")
-    try:
-        check_names(nickname, first_name, last_name)
-    except e.ChatError as error:
-        call.problems.extend(error.codes)
-    if email and not EMAIL.match(email):
-        call.problems.append(e.EMAIL_INVALID)
-    if call.service.subject_required and not subject:
-        call.problems.append(e.SUBJECT_MISSING)
+    call.problems += request_problems(call.service, nickname, first_name, last_name, subject, email)
     call.validate()
     outcome = await call.chat.request_chat(
         call.service.name,

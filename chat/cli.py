@@ -15,6 +15,7 @@ from .app import create_app
 from .chat_files import RedisFileStore
 from .config import load_config
 from .passwords import hash_password
+from .redis_store import RedisChatStore
 from .storage import RedisStorage
 
 
@@ -56,8 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("gms").info("serving on http://%s:%d", args.host, args.port)
     storage = RedisStorage(args.redis) if args.redis else None
     files = RedisFileStore(args.redis) if args.redis else None
+    store = RedisChatStore(args.redis) if args.redis else None
     engine = make_engine(args.redis, args.node_id)
-    app = create_app(options, engine, config, storage=storage, files=files)
+    app = create_app(options, engine, config, store=store, storage=storage, files=files)
     run(app, args.host, args.port)
 
 

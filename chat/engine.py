@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import re
-from collections.abc import Callable
+import secrets
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from bayeux.tasks import cancel_and_wait
 
 from . import errors as e
 from . import model as m
@@ -26,7 +30,9 @@ log = logging.getLogger("gms.chat")
 
 IDLE_ALERT_TIMER = "idle-alert"
 IDLE_CLOSE_TIMER = "idle-close"
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 32
+RETRY_BACKOFF_S = 0.002
+"""First pause after a conflict with another node; it doubles (with jitter) up to 50 ms."""
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SYSTEM_NICKNAME = "system"
 
@@ -70,6 +76,7 @@ class ChatEngine:
         self.observers: list[ChatObserver] = []
         self._timer_period = timer_period
         self._timer_task: asyncio.Task[None] | None = None
+        self._locks: dict[str, _ChatLock] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -77,11 +84,9 @@ class ChatEngine:
         self._timer_task = asyncio.create_task(self._timers_forever(), name="chat-timers")
 
     async def close(self) -> None:
-        if self._timer_task is not None:
-            self._timer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer_task
-            self._timer_task = None
+        task, self._timer_task = self._timer_task, None
+        if task is not None:
+            await cancel_and_wait(task)
         await self.store.close()
 
     def service(self, name: str) -> ServiceConfig:
@@ -108,6 +113,11 @@ class ChatEngine:
             raise e.session_not_found()
         if (session.ended and not allow_ended) or session.client_left:
             raise e.session_not_found()
+        return session
+
+    async def get(self, chat_id: str) -> ChatSession | None:
+        """A chat as stored, whatever its state (for the agent side); None if unknown."""
+        session: ChatSession | None = await self._store(self.store.load(chat_id))
         return session
 
     async def load(self, chat_id: str, allow_ended: bool = False) -> ChatSession:
@@ -148,14 +158,10 @@ class ChatEngine:
     ) -> Outcome:
         """Create a chat with the client's ParticipantJoined (index 1)."""
         service = self.service(service_name)
-        display = check_names(nickname, first_name, last_name)
-        problems: list[int] = []
-        if email and not EMAIL.match(email):
-            problems.append(e.EMAIL_INVALID)
-        if service.subject_required and not subject:
-            problems.append(e.SUBJECT_MISSING)
+        problems = request_problems(service, nickname, first_name, last_name, subject, email)
         if problems:
             raise e.invalid(*problems)
+        display = nickname or f"{first_name} {last_name}"
         session = ChatSession(
             chat_id=m.chat_id(),
             service=service_name,
@@ -172,11 +178,14 @@ class ChatEngine:
             push=push,
             last_message_at=m.now_ms(),
         )
-        joined = self._event(m.PARTICIPANT_JOINED, session.client)
+        joined = self.event(m.PARTICIPANT_JOINED, session.client)
         self._number(session, [joined])
         await self._store(self.store.create(session, [joined]))
         await self._store(self.store.index_secure_key(session.secure_key, session.chat_id))
-        await self._after(session, [joined], cause)
+        async with self._lock(session.chat_id):
+            await self._notify(session, [joined], cause)
+        # Idle counts from the start, message or not.
+        await self._maintain(session, [self.event(m.MESSAGE, session.client)])
         return Outcome(session, [joined])
 
     async def client_event(
@@ -190,7 +199,7 @@ class ChatEngine:
         """A Message, TypingStarted/Stopped, PushUrl or CustomNotice from the client."""
 
         def change(session: ChatSession) -> list[Event]:
-            return [self._event(kind, session.client, text, message_type)]
+            return [self.event(kind, session.client, text, message_type)]
 
         return await self.change(chat_id, change, cause)
 
@@ -199,7 +208,7 @@ class ChatEngine:
     ) -> Outcome:
         def change(session: ChatSession) -> list[Event]:
             session.client = Party(nickname, session.client.participant_id, m.CLIENT)
-            return [self._event(m.NICKNAME_UPDATED, session.client, nickname)]
+            return [self.event(m.NICKNAME_UPDATED, session.client, nickname)]
 
         return await self.change(chat_id, change, cause)
 
@@ -234,7 +243,7 @@ class ChatEngine:
 
         def change(session: ChatSession) -> list[Event]:
             session.client_left = True
-            left = [self._event(m.PARTICIPANT_LEFT, session.client)]
+            left = [self.event(m.PARTICIPANT_LEFT, session.client)]
             self._end(session, "client-disconnect")
             return left
 
@@ -262,7 +271,7 @@ class ChatEngine:
             party = session.new_party(nickname, m.AGENT)
             session.agents[agent_id] = party
             session.state = m.ACTIVE
-            return [self._event(m.PARTICIPANT_JOINED, party)]
+            return [self.event(m.PARTICIPANT_JOINED, party)]
 
         return await self.change(chat_id, change, Cause("agent"))
 
@@ -277,13 +286,13 @@ class ChatEngine:
             if party is None:
                 return []
             attributes = {"general-properties": {"reason-for-leave": reason}} if reason else None
-            events = [self._event(m.PARTICIPANT_LEFT, party, attributes=attributes)]
+            events = [self.event(m.PARTICIPANT_LEFT, party, attributes=attributes)]
             if reason == m.HOLD:
                 session.state = m.ON_HOLD
             elif reason == m.TRANSFER:
                 session.state = m.TRANSFERRING
             elif not session.agents:
-                events.append(self._event(m.PARTICIPANT_LEFT, session.client))
+                events.append(self.event(m.PARTICIPANT_LEFT, session.client))
                 self._end(session, "agent-left")
             return events
 
@@ -307,7 +316,7 @@ class ChatEngine:
             party = session.agents.get(agent_id)
             if party is None:
                 raise e.session_not_found()
-            event = self._event(kind, party, text, message_type, user_data=user_data)
+            event = self.event(kind, party, text, message_type, user_data=user_data)
             event.visible = visible
             return [event]
 
@@ -319,7 +328,7 @@ class ChatEngine:
         """Content from routing or a strategy, as the External party (no visible join)."""
 
         def change(session: ChatSession) -> list[Event]:
-            return [self._event(kind, self._external(session, nickname), text)]
+            return [self.event(kind, self._external(session, nickname), text)]
 
         return await self.change(chat_id, change, Cause("external"))
 
@@ -327,9 +336,9 @@ class ChatEngine:
         """The agent side closes the chat: every agent leaves, then the client."""
 
         def change(session: ChatSession) -> list[Event]:
-            events = [self._event(m.PARTICIPANT_LEFT, p) for p in session.agents.values()]
+            events = [self.event(m.PARTICIPANT_LEFT, p) for p in session.agents.values()]
             session.agents.clear()
-            events.append(self._event(m.PARTICIPANT_LEFT, session.client))
+            events.append(self.event(m.PARTICIPANT_LEFT, session.client))
             self._end(session, "completed")
             return events
 
@@ -359,40 +368,76 @@ class ChatEngine:
         self, chat_id: str, change: Change, cause: Cause, allow_ended: bool = False
     ) -> Outcome:
         """Apply `change` to the chat and commit it with its new events, retrying when another
-        node changed the chat meanwhile; then tell the observers."""
+        node changed the chat meanwhile; then tell the observers.
+
+        Changes to one chat made on this node take turns, so they never conflict with each
+        other; only another node's commit can make one retry."""
+        backoff = RETRY_BACKOFF_S
         for _ in range(MAX_ATTEMPTS):
-            session = await self.load(chat_id, allow_ended)
-            expected = session.version
-            events = change(session)
-            self._number(session, events)
-            if await self._store(self.store.commit(session, expected, events)):
-                await self._after(session, events, cause)
-                return Outcome(session, events)
-        raise e.transient(f"chat {chat_id} is changing too fast; retry")
+            async with self._lock(chat_id):
+                session = await self.load(chat_id, allow_ended)
+                before = session.to_record()
+                events = change(session)
+                if not events and session.to_record() == before:
+                    return Outcome(session, [])  # nothing to write
+                self._number(session, events)
+                if await self._store(self.store.commit(session, before["version"], events)):
+                    # Still holding the chat: observers see its events in index order.
+                    await self._notify(session, events, cause)
+                    break
+            await asyncio.sleep(random.uniform(0, backoff))
+            backoff = min(backoff * 2, 0.05)
+        else:
+            raise e.transient(f"chat {chat_id} is changing too fast; retry")
+        await self._maintain(session, events)
+        return Outcome(session, events)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, chat_id: str) -> AsyncIterator[None]:
+        lock = self._locks.get(chat_id)
+        if lock is None:
+            lock = self._locks[chat_id] = _ChatLock()
+        lock.users += 1
+        try:
+            async with lock.lock:
+                yield
+        finally:
+            lock.users -= 1
+            if not lock.users:
+                del self._locks[chat_id]
 
     def _number(self, session: ChatSession, events: list[Event]) -> None:
         for event in events:
             session.last_index += 1
             event.index = session.last_index
-            if event.type == m.MESSAGE:
-                session.last_message_at = event.utc_time
+            if event.type == m.MESSAGE and event.visible:
+                # Not event.utc_time: that may be cut to the second, and idle timers are not.
+                session.last_message_at = m.now_ms()
 
-    async def _after(self, session: ChatSession, events: list[Event], cause: Cause) -> None:
-        if session.ended and any(ev.type in _ENDING for ev in events):
-            await self._store(
-                self.store.retire(session.chat_id, self.config.ended_session_retention_s)
-            )
-            await self._store(self.store.cancel(session.chat_id, IDLE_ALERT_TIMER))
-            await self._store(self.store.cancel(session.chat_id, IDLE_CLOSE_TIMER))
-        elif any(ev.type == m.MESSAGE for ev in events):
-            await self._arm_idle_timers(session)
+    async def _notify(self, session: ChatSession, events: list[Event], cause: Cause) -> None:
+        """Tell every observer. They run while the chat is held, so they must not change the
+        same chat themselves (they deliver, or start background work)."""
         for observer in self.observers:
             try:
                 await observer.chat_events(session, events, cause)
             except Exception:
                 log.exception("chat observer %r failed", observer)
 
-    def _event(
+    async def _maintain(self, session: ChatSession, events: list[Event]) -> None:
+        """Timers and retirement after a commit. The change is already made, so a failure
+        here is logged, not reported to the client (who would retry and repeat it)."""
+        try:
+            if session.ended and any(ev.type in _ENDING for ev in events):
+                retention = self.config.ended_session_retention_s
+                await self.store.retire(session.chat_id, retention)
+                await self.store.cancel(session.chat_id, IDLE_ALERT_TIMER)
+                await self.store.cancel(session.chat_id, IDLE_CLOSE_TIMER)
+            elif any(ev.type == m.MESSAGE and ev.visible for ev in events):
+                await self._arm_idle_timers(session)
+        except (StoreUnavailable, e.ChatError):
+            log.warning("chat %s: timers or retirement not updated", session.chat_id, exc_info=True)
+
+    def event(
         self,
         kind: str,
         party: Party,
@@ -402,13 +447,10 @@ class ChatEngine:
         user_data: dict[str, str] | None = None,
         attributes: dict[str, Any] | None = None,
     ) -> Event:
-        utc = m.now_ms()
-        if self.config.utc_time_resolution == "s":
-            utc -= utc % 1000
         return Event(
             type=kind,
             party=party,
-            utc_time=utc,
+            utc_time=event_time(self.config),
             text=text,
             message_type=message_type,
             user_data=user_data,
@@ -429,7 +471,9 @@ class ChatEngine:
         try:
             return await awaitable
         except StoreUnavailable as exc:
-            raise e.transient(str(exc)) from exc
+            reference = secrets.token_hex(8).upper()
+            log.warning("chat store unavailable (referenceId %s): %s", reference, exc)
+            raise e.transient(reference) from exc
 
     # -- idle control --------------------------------------------------------------------
     async def _arm_idle_timers(self, session: ChatSession) -> None:
@@ -471,11 +515,15 @@ class ChatEngine:
             if idle_for < service.idle_alert_timeout_s * 1000:
                 return []  # a message came in meanwhile
             party = self._external(session, SYSTEM_NICKNAME)
-            return [self._event(m.IDLE_ALERT, party, service.idle_alert_text)]
+            return [self.event(m.IDLE_ALERT, party, service.idle_alert_text)]
 
         outcome = await self.change(chat_id, change, SYSTEM)
         service = self.service(outcome.session.service)
-        if outcome.events and service.idle_close_timeout_s > 0:
+        if not outcome.events:
+            # Not idle after all: set the timers from the last message again (the message
+            # may have armed them before a concurrent, older one re-armed them earlier).
+            await self._arm_idle_timers(outcome.session)
+        elif service.idle_close_timeout_s > 0:
             due = m.now_ms() + int(service.idle_close_timeout_s * 1000)
             await self._store(self.store.schedule(chat_id, IDLE_CLOSE_TIMER, due))
 
@@ -486,24 +534,57 @@ class ChatEngine:
             if m.now_ms() - session.last_message_at < limit:
                 return []
             party = self._external(session, SYSTEM_NICKNAME)
-            close = self._event(m.IDLE_CLOSE, party, service.idle_close_text)
+            close = self.event(m.IDLE_CLOSE, party, service.idle_close_text)
             self._end(session, "idle")
             return [close]
 
-        await self.change(chat_id, change, SYSTEM)
+        outcome = await self.change(chat_id, change, SYSTEM)
+        if not outcome.events:
+            await self._arm_idle_timers(outcome.session)  # not idle after all, as above
 
 
 _ENDING = {m.PARTICIPANT_LEFT, m.IDLE_CLOSE}
 
 
-def check_names(nickname: str | None, first_name: str | None, last_name: str | None) -> str:
+class _ChatLock:
+    """Serializes one node's changes to one chat; dropped when nobody waits."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+def request_problems(
+    service: ServiceConfig,
+    nickname: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    subject: str | None,
+    email: str | None,
+) -> list[int]:
+    """Every reason a chat request is invalid (all are reported at once)."""
+    problems = name_problems(nickname, first_name, last_name)
+    if email and not EMAIL.match(email):
+        problems.append(e.EMAIL_INVALID)
+    if service.subject_required and not subject:
+        problems.append(e.SUBJECT_MISSING)
+    return problems
+
+
+def event_time(config: ChatConfig) -> int:
+    """An event's `utcTime`: epoch ms, cut to whole seconds by default (as GMS shows them)."""
+    utc = m.now_ms()
+    return utc - utc % 1000 if config.utc_time_resolution == "s" else utc
+
+
+def name_problems(nickname: str | None, first_name: str | None, last_name: str | None) -> list[int]:
     """GMS's rule: a nickname, or both first and last name (161, 102, 103 otherwise)."""
-    if nickname:
-        return nickname
-    if first_name and last_name:
-        return f"{first_name} {last_name}"
+    if nickname or (first_name and last_name):
+        return []
     if first_name:
-        raise e.invalid(e.LAST_NAME_MISSING)
+        return [e.LAST_NAME_MISSING]
     if last_name:
-        raise e.invalid(e.FIRST_NAME_MISSING)
-    raise e.invalid(e.NICKNAME_MISSING)
+        return [e.FIRST_NAME_MISSING]
+    return [e.NICKNAME_MISSING]
