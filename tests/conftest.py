@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, Self, TypeVar
 
 import aiohttp
 import orjson
@@ -34,6 +35,7 @@ from bayeux.__main__ import build_app
 from bayeux.app import BAYEUX_SERVER
 from bayeux.server import BatchResult
 from bayeux.session import HeldConnect
+from tests.support.redis_server import RedisServer
 
 TIMEOUT_MS = 500
 """How long the test servers hold a /meta/connect."""
@@ -80,19 +82,61 @@ def held_connect(server: BayeuxServer, client_id: str | None) -> Callable[[], bo
     return holding
 
 
-# -- the pipeline, without HTTP -------------------------------------------------------------
+def assert_refused(reply: Message, error: str, reconnect: str) -> None:
+    """An unsuccessful reply with this error and the advice `{reconnect, interval: 0}`."""
+    assert reply["successful"] is False
+    assert reply["error"] == error
+    assert reply["advice"] == {"reconnect": reconnect, "interval": 0}
 
 
-class PipelineClient:
-    """One Bayeux client that hands its messages straight to `BayeuxServer.handle_batch`.
+P = ParamSpec("P")
+T = TypeVar("T")
 
-    Its `context` plays the browser: the handshake stores a new browser id in it, and every
-    later message carries it, as the BAYEUX_BROWSER cookie would.
+
+class Started(Generic[P, T]):
+    """An async factory for a fixture to yield: calls `start` and keeps what it returns; on
+    leaving `async with`, `close` closes each of them, in the order started.
+
+        async with Started(make, BayeuxServer.close) as make_server:
+            yield make_server
     """
 
-    def __init__(self, server: BayeuxServer, transport: str = p.LONG_POLLING) -> None:
-        self.server = server
-        self.context = RequestContext(transport=transport)
+    def __init__(
+        self, start: Callable[P, Awaitable[T]], close: Callable[[T], Awaitable[object]]
+    ) -> None:
+        self.items: list[T] = []
+        self._start = start
+        self._close = close
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
+        item = await self._start(*args, **kwargs)
+        self.items.append(item)
+        return item
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for item in self.items:
+            await self._close(item)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server, one per test module (tests that need it empty flush it)."""
+    with RedisServer() as server:
+        yield server
+
+
+class BayeuxClientBase:
+    """What every test client has: numbered messages, and its clientId once handshaken."""
+
+    def __init__(self) -> None:
         self.client_id: str | None = None
         self._ids = itertools.count(1)
 
@@ -103,6 +147,33 @@ class PipelineClient:
             message["clientId"] = self.client_id
         message.update(fields)
         return message
+
+    @staticmethod
+    def handshake_fields(connection_types: list[str], fields: dict[str, Any]) -> dict[str, Any]:
+        """A handshake's fields: version 1.0 and these connection types, unless `fields` say."""
+        return {"version": "1.0", "supportedConnectionTypes": connection_types, **fields}
+
+    def handshaken(self, reply: Message) -> Message:
+        """The handshake reply, after keeping the clientId it gives (if successful)."""
+        if reply.get("successful"):
+            self.client_id = reply["clientId"]
+        return reply
+
+
+# -- the pipeline, without HTTP -------------------------------------------------------------
+
+
+class PipelineClient(BayeuxClientBase):
+    """One Bayeux client that hands its messages straight to `BayeuxServer.handle_batch`.
+
+    Its `context` plays the browser: the handshake stores a new browser id in it, and every
+    later message carries it, as the BAYEUX_BROWSER cookie would.
+    """
+
+    def __init__(self, server: BayeuxServer, transport: str = p.LONG_POLLING) -> None:
+        super().__init__()
+        self.server = server
+        self.context = RequestContext(transport=transport)
 
     async def send(self, *messages: Message) -> BatchResult:
         return await self.server.handle_batch(list(messages), self.context)
@@ -115,15 +186,8 @@ class PipelineClient:
         return reply
 
     async def handshake(self, **fields: Any) -> Message:
-        values: dict[str, Any] = {
-            "version": "1.0",
-            "supportedConnectionTypes": [p.LONG_POLLING, p.WEBSOCKET],
-        }
-        values.update(fields)
-        reply = await self.request(p.META_HANDSHAKE, **values)
-        if reply.get("successful"):
-            self.client_id = reply["clientId"]
-        return reply
+        values = self.handshake_fields([p.LONG_POLLING, p.WEBSOCKET], fields)
+        return self.handshaken(await self.request(p.META_HANDSHAKE, **values))
 
     async def start_connect(self, **fields: Any) -> HeldConnect:
         """Send /meta/connect and return the (possibly already complete) held reply."""
@@ -190,19 +254,16 @@ ServerFactory = Callable[..., Awaitable[BayeuxServer]]
 async def make_server() -> AsyncIterator[ServerFactory]:
     """`await make_server(options=None, security=None)`: a started standard server, closed
     after the test."""
-    servers: list[BayeuxServer] = []
 
     async def make(
         options: BayeuxOptions | None = None, security: SecurityPolicy | None = None
     ) -> BayeuxServer:
         server = standard_server(options, security)
         await server.start()
-        servers.append(server)
         return server
 
-    yield make
-    for server in servers:
-        await server.close()
+    async with Started(make, BayeuxServer.close) as servers:
+        yield servers
 
 
 @pytest.fixture
@@ -286,19 +347,18 @@ def _is_reply(candidate: Message, message: Message) -> bool:
     return candidate.get("channel") == message["channel"] and candidate.get("id") == message["id"]
 
 
-class Browser:
+class Browser(BayeuxClientBase):
     """One HTTP client with its own cookie jar, as the server sees a browser."""
 
     def __init__(
         self, base: URL, path: str = "/cometd", session: aiohttp.ClientSession | None = None
     ) -> None:
+        super().__init__()
         self._owns_session = session is None
         # unsafe=True: keep cookies from an IP-address host (the server is on 127.0.0.1).
         self.session = session or aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
         self.base = base
         self.path = path
-        self.client_id: str | None = None
-        self._ids = itertools.count(1)
         self.sockets: list[BayeuxSocket] = []
 
     def tab(self) -> Browser:
@@ -309,13 +369,6 @@ class Browser:
 
     def url(self, suffix: str = "") -> URL:
         return self.base.with_path(self.path + suffix)
-
-    def message(self, channel: str, **fields: Any) -> Message:
-        message: Message = {"channel": channel, "id": str(next(self._ids))}
-        if self.client_id is not None and channel != p.META_HANDSHAKE:
-            message["clientId"] = self.client_id
-        message.update(fields)
-        return message
 
     async def post_raw(
         self,
@@ -347,12 +400,9 @@ class Browser:
         return batch
 
     async def handshake(self, **fields: Any) -> Message:
-        values: dict[str, Any] = {"version": "1.0", "supportedConnectionTypes": [p.LONG_POLLING]}
-        values.update(fields)
+        values = self.handshake_fields([p.LONG_POLLING], fields)
         [reply] = await self.request(p.META_HANDSHAKE, "/handshake", **values)
-        if reply.get("successful"):
-            self.client_id = reply["clientId"]
-        return reply
+        return self.handshaken(reply)
 
     async def connect(self, **fields: Any) -> list[Message]:
         return await self.request(
@@ -379,12 +429,8 @@ class Browser:
         return await socket.reply_to(message)
 
     async def ws_handshake(self, socket: BayeuxSocket, **fields: Any) -> Message:
-        values: dict[str, Any] = {"version": "1.0", "supportedConnectionTypes": [p.WEBSOCKET]}
-        values.update(fields)
-        reply = await self.ws_request(socket, p.META_HANDSHAKE, **values)
-        if reply.get("successful"):
-            self.client_id = reply["clientId"]
-        return reply
+        values = self.handshake_fields([p.WEBSOCKET], fields)
+        return self.handshaken(await self.ws_request(socket, p.META_HANDSHAKE, **values))
 
     async def ws_connect(self, socket: BayeuxSocket, **fields: Any) -> Message:
         """Send /meta/connect over a websocket without waiting for its reply."""
@@ -449,19 +495,15 @@ LiveFactory = Callable[..., Awaitable[LiveServer]]
 @pytest.fixture
 async def start_live() -> AsyncIterator[LiveFactory]:
     """`await start_live(options=None)`: the standalone app on a free port, closed afterwards."""
-    servers: list[LiveServer] = []
 
     async def start(options: BayeuxOptions | None = None) -> LiveServer:
         app = build_app(options or fast_options())
         http = TestServer(app, host="127.0.0.1")
         await http.start_server()
-        live = LiveServer(http, app[BAYEUX_SERVER])
-        servers.append(live)
-        return live
+        return LiveServer(http, app[BAYEUX_SERVER])
 
-    yield start
-    for live in servers:
-        await live.close()
+    async with Started(start, LiveServer.close) as servers:
+        yield servers
 
 
 @pytest.fixture

@@ -45,12 +45,17 @@ async def test_handshake_asking_for_ack_is_answered_with_ack_true(server: Bayeux
     assert reply["ext"]["ack"] is True
 
 
-async def test_handshake_without_ack_gets_no_ack_ext(server: BayeuxServer) -> None:
+async def assert_no_ext_added(server: BayeuxServer, name: str) -> None:
+    """A client that sends no ext gets no `ext[name]` at handshake nor in its first connect."""
     client = PipelineClient(server)
     reply = await client.handshake()
-    assert "ack" not in reply.get("ext", {})
+    assert name not in reply.get("ext", {})
     _, connect = await client.connect()
-    assert "ack" not in connect.get("ext", {})
+    assert name not in connect.get("ext", {})
+
+
+async def test_handshake_without_ack_gets_no_ack_ext(server: BayeuxServer) -> None:
+    await assert_no_ext_added(server, "ack")
 
 
 async def test_each_connect_reply_carries_a_new_batch_number(server: BayeuxServer) -> None:
@@ -170,11 +175,7 @@ async def test_connect_reply_carries_timesync_with_the_time_it_was_held(
 
 
 async def test_no_timesync_is_added_when_the_client_sends_none(server: BayeuxServer) -> None:
-    client = PipelineClient(server)
-    reply = await client.handshake()
-    assert "timesync" not in reply.get("ext", {})
-    _, connect = await client.connect()
-    assert "timesync" not in connect.get("ext", {})
+    await assert_no_ext_added(server, "timesync")
 
 
 async def test_timesync_with_non_numeric_fields_still_answers(server: BayeuxServer) -> None:

@@ -13,10 +13,9 @@ import asyncio
 import base64
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -39,15 +38,22 @@ from chat.chat_files import (
 from chat.config import ChatConfig, FileOptions, ServiceConfig, load_config
 from chat.engine import ChatEngine
 from chat.errors import ChatError
-from chat.passwords import hash_password
 from chat.store import MemoryChatStore, StoreUnavailable
 from tests.conftest import PipelineClient, connected_client, fast_options
+from tests.support.chat_rest import (
+    ALIAS,
+    NOT_FOUND,
+    REPLY_KEYS,
+    ROOT,
+    SECURED,
+    Http,
+    Json,
+    RestChat,
+    reply,
+    secured_service,
+)
 from tests.support.redis_server import RedisServer
 
-Json = dict[str, Any]
-Http = TestClient[Any, Any]
-
-ROOT = "/genesys/2/chat"
 NTF = "/genesys/2/chat-ntf"
 SERVICE = "customer-support"
 """need-agent true; 3 files, 100 bytes each, 250 in all; txt, pdf, png; delete-file true."""
@@ -55,9 +61,6 @@ KEEPING = "keeping"
 """delete-file `odd` (no slot back) and no agent needed."""
 NO_DELETE = "no-delete"
 """file.client-delete-allowed false, no agent needed."""
-SECURED = "secured"
-"""Basic auth (user `widget`, password `s3cret`)."""
-ALIAS = "117"
 HEX16 = re.compile(r"[0-9A-F]{16}")
 LIMIT_KEYS = {
     "download-attempts",
@@ -88,11 +91,7 @@ def config() -> ChatConfig:
             NO_DELETE,
             file_options={"client_delete_allowed": "false", "upload_need_agent": "false"},
         ),
-        ServiceConfig(
-            SECURED,
-            basic_auth=True,
-            credentials={"widget": hash_password("s3cret", iterations=1000)},
-        ),
+        secured_service(),
     ]
     return ChatConfig(
         services={s.name: s for s in services},
@@ -102,12 +101,6 @@ def config() -> ChatConfig:
 
 
 # -- stores ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 class Stores:
@@ -144,23 +137,8 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
 # -- the application -------------------------------------------------------------------
 
 
-@dataclass
-class Customer:
+class Customer(RestChat):
     """A REST chat client."""
-
-    http: Http
-    service: str
-    chat_id: str
-    user_id: str
-    secure_key: str
-    alias: str
-
-    @property
-    def base(self) -> str:
-        return f"{ROOT}/{self.service}/{self.chat_id}"
-
-    def credentials(self) -> dict[str, str]:
-        return {"userId": self.user_id, "secureKey": self.secure_key, "alias": self.alias}
 
     async def post(self, suffix: str, **fields: str) -> aiohttp.ClientResponse:
         """A urlencoded request with this client's credentials."""
@@ -335,14 +313,10 @@ async def test_44_limits_over_urlencoded_and_multipart(gms: Gms) -> None:
     )
     assert response.status == 200
     assert await response.json() == urlencoded
-    assert urlencoded == {
-        "messages": None,
-        "chatEnded": False,
-        "statusCode": 0,
-        "alias": ALIAS,
-        "secureKey": customer.secure_key,
-        "userId": customer.user_id,
-        "userData": {
+    assert urlencoded == reply(
+        customer,
+        None,
+        userData={
             "download-attempts": "2",
             "upload-max-files": "3",
             "delete-file": "true",
@@ -354,7 +328,7 @@ async def test_44_limits_over_urlencoded_and_multipart(gms: Gms) -> None:
             "upload-max-total-size": "250",
             "upload-file-types": "txt:pdf:PNG",
         },
-    }
+    )
 
 
 async def test_44_defaults_and_verbatim_values(gms: Gms) -> None:
@@ -474,28 +448,14 @@ async def test_50_rest_upload_reply_and_event(gms: Gms) -> None:
     body = await response.json()
     file_id = body["userData"]["file-id"]
     assert HEX16.fullmatch(file_id)
-    assert list(body) == [
-        "messages",
-        "chatEnded",
-        "statusCode",
-        "alias",
-        "secureKey",
-        "userId",
-        "chatId",
-        "userData",
-        "nextPosition",
-    ]
-    assert body == {
-        "messages": [],
-        "chatEnded": False,
-        "statusCode": 0,
-        "alias": ALIAS,
-        "secureKey": customer.secure_key,
-        "userId": customer.user_id,
-        "chatId": customer.chat_id,
-        "userData": {"file-id": file_id},
-        "nextPosition": before["nextPosition"] + 1,
-    }
+    assert list(body) == [*REPLY_KEYS, "chatId", "userData", "nextPosition"]
+    assert body == reply(
+        customer,
+        [],
+        chatId=customer.chat_id,
+        userData={"file-id": file_id},
+        nextPosition=before["nextPosition"] + 1,
+    )
     [event] = (await customer.json("refresh", transcriptPosition=str(before["nextPosition"])))[
         "messages"
     ]
@@ -612,16 +572,7 @@ async def test_56_delete_own_file(gms: Gms) -> None:
     customer = await gms.chatting()
     file_id = await customer.uploaded("gone.txt")
     body = await customer.json(f"file/{file_id}/delete")
-    assert body == {
-        "messages": [],
-        "chatEnded": False,
-        "statusCode": 0,
-        "alias": ALIAS,
-        "secureKey": customer.secure_key,
-        "userId": customer.user_id,
-        "chatId": customer.chat_id,
-        "nextPosition": body["nextPosition"],
-    }
+    assert body == reply(customer, [], chatId=customer.chat_id, nextPosition=body["nextPosition"])
     event = (await customer.transcript())[-1]
     assert event["type"] == "FileDeleted"
     assert event["index"] == body["nextPosition"] - 1
@@ -842,26 +793,17 @@ async def test_ntf_on_a_rest_chat_and_ended_chats(gms: Gms) -> None:
     assert body["messages"][0]["from"]["nickname"] == "Joan"
     await customer.post("disconnect")
     ended = await gms.ntf_json(operation="fileGetLimits", secureKey=customer.secure_key)
-    assert ended == {
-        "statusCode": 2,
-        "chatEnded": True,
-        "errors": [{"code": 249, "advice": "chat session not found"}],
-    }
+    assert ended == NOT_FOUND
 
 
 async def test_rest_file_operations_with_a_wrong_key(gms: Gms) -> None:
     customer = await gms.chatting()
     file_id = await customer.uploaded()
     customer.secure_key = "0" * 32
-    expected = {
-        "statusCode": 2,
-        "chatEnded": True,
-        "errors": [{"code": 249, "advice": "chat session not found"}],
-    }
-    assert await customer.json("file/limits") == expected
-    assert await customer.json(f"file/{file_id}/delete") == expected
+    assert await customer.json("file/limits") == NOT_FOUND
+    assert await customer.json(f"file/{file_id}/delete") == NOT_FOUND
     response = await customer.upload()
-    assert await response.json() == expected
+    assert await response.json() == NOT_FOUND
     assert len(gms.stores.contents()) == 1  # only the first upload
 
 

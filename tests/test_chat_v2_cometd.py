@@ -27,7 +27,16 @@ from chat.engine import ChatEngine
 from chat.model import ChatSession, Event
 from chat.passwords import hash_password
 from chat.store import MemoryChatStore
-from tests.conftest import PipelineClient, connected_client, fast_options
+from tests.conftest import PipelineClient, Started, connected_client, fast_options
+from tests.support.chat_cometd import (
+    AGENT,
+    BOGUS,
+    CLIENT,
+    DISCONNECT_REPLY,
+    Data,
+    event,
+    notification,
+)
 from tests.support.redis_server import RedisServer
 
 SERVICE = "customer-support"
@@ -35,12 +44,6 @@ CHANNEL = f"/service/chatV2/{SERVICE}"
 SECURED = "secured"
 OTHER = "sales"
 USER, PASSWORD = "user1", "pass1"
-
-CLIENT = {"nickname": "Joan", "participantId": 1, "type": "Client"}
-AGENT = {"nickname": "Ann", "participantId": 2, "type": "Agent"}
-BOGUS = {"alias": "0", "userId": "deprecated", "chatId": "deprecated"}
-
-Data = dict[str, Any]
 
 
 # -- scaffolding ----------------------------------------------------------------------------
@@ -172,7 +175,6 @@ GmsFactory = Callable[..., Awaitable[Gms]]
 @pytest.fixture
 async def make_gms() -> AsyncIterator[GmsFactory]:
     """`await make_gms(engine=None, store=None, **chat_options)`: a started GMS server."""
-    started: list[Gms] = []
 
     async def make(
         engine: Engine | None = None,
@@ -185,12 +187,10 @@ async def make_gms() -> AsyncIterator[GmsFactory]:
         gms = Gms(app[BAYEUX_SERVER], app[CHAT_ENGINE], store)
         await gms.bayeux.start()
         await gms.chat.start()
-        started.append(gms)
         return gms
 
-    yield make
-    for gms in started:
-        await gms.stop()
+    async with Started(make, Gms.stop) as started:
+        yield started
 
 
 @pytest.fixture
@@ -201,32 +201,10 @@ async def gms(make_gms: GmsFactory) -> Gms:
 def untimed(data: Data) -> Data:
     """The notification without its events' `utcTime` (checked: whole seconds, in ms)."""
     data = copy.deepcopy(data)
-    for event in data.get("messages") or ():
-        utc = event.pop("utcTime")
+    for transcript_event in data.get("messages") or ():
+        utc = transcript_event.pop("utcTime")
         assert isinstance(utc, int) and utc % 1000 == 0 and utc > 1_500_000_000_000, utc
     return data
-
-
-def event(kind: str, party: Data, index: int, text: str | None = None, **extra: Any) -> Data:
-    wire: Data = {"from": party, "index": index, "type": kind}
-    if text is not None:
-        wire["text"] = text
-    if kind == "Message":
-        wire["messageType"] = None
-    return wire | extra
-
-
-def notification(key: str | None, messages: list[Data], next_position: int, **fields: Any) -> Data:
-    """A successful reply or notification in the default (bogus ids) mode."""
-    return {
-        "messages": messages,
-        "chatEnded": False,
-        "statusCode": 0,
-        **BOGUS,
-        "secureKey": key,
-        "nextPosition": next_position,
-        "monitored": False,
-    } | fields
 
 
 def failure(code: int, advice: str | None = None, **fields: Any) -> Data:
@@ -387,15 +365,7 @@ async def test_70_read_receipt_and_update_data_reply_without_events(gms: Gms) ->
 async def test_71_the_disconnect_reply_has_no_secure_key_nor_user_id(gms: Gms) -> None:
     customer = await gms.chatting()
     reply = await customer.op("disconnect")
-    assert reply == {
-        "messages": [],
-        "chatEnded": True,
-        "statusCode": 0,
-        "alias": "0",
-        "chatId": "deprecated",
-        "nextPosition": 1,
-        "monitored": False,
-    }
+    assert reply == DISCONNECT_REPLY
     assert await customer.received() == [], "the client's own ParticipantLeft is not sent"
 
 
@@ -814,12 +784,6 @@ async def test_an_unexpected_failure_is_reported_with_a_reference(
 
 
 # -- node handover ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Any:
-    with RedisServer() as server:
-        yield server
 
 
 async def test_an_adopted_session_brings_its_chats_notifications_to_the_new_node(

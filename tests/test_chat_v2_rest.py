@@ -24,27 +24,26 @@ from chat.app import CHAT_ENGINE, create_app
 from chat.config import ChatConfig, ServiceConfig
 from chat.engine import Cause, ChatEngine
 from chat.model import ChatSession, Event
-from chat.passwords import hash_password
 from chat.store import MemoryChatStore, StoreUnavailable
+from tests.support.chat_rest import (
+    ALIAS,
+    NOT_FOUND,
+    REPLY_KEYS,
+    ROOT,
+    SECURED,
+    Http,
+    Json,
+    RestChat,
+    reply,
+    secured_service,
+)
 
-Json = dict[str, Any]
-Http = TestClient[Any, Any]
-
-ROOT = "/genesys/2/chat"
 SERVICE = "customer-support"
 PREVIEW = "preview"
 """A service with `typing_preview` and a tenant."""
-SECURED = "secured"
-"""A service with Basic auth; user `widget`, password `s3cret`."""
 IDLE = "idle"
 """A service with tiny idle alert and close timeouts."""
-ALIAS = "117"
 GRACE_S = 0.3
-NOT_FOUND = {
-    "statusCode": 2,
-    "chatEnded": True,
-    "errors": [{"code": 249, "advice": "chat session not found"}],
-}
 DISCONNECTED = {
     "messages": None,
     "chatEnded": None,
@@ -79,11 +78,7 @@ def config() -> ChatConfig:
     services = [
         ServiceConfig(SERVICE),
         ServiceConfig(PREVIEW, typing_preview=True, tenant="Resources"),
-        ServiceConfig(
-            SECURED,
-            basic_auth=True,
-            credentials={"widget": hash_password("s3cret", iterations=1000)},
-        ),
+        secured_service(),
         ServiceConfig(IDLE, idle_alert_timeout_s=0.3, idle_close_timeout_s=0.3),
     ]
     return ChatConfig(
@@ -175,23 +170,14 @@ def multipart(fields: Json) -> aiohttp.FormData:
 
 
 @dataclass
-class Customer:
-    """A chat created over REST, and its credentials."""
+class Customer(RestChat):
+    """A chat created over REST, its credentials, and the reply that created it."""
 
-    http: Http
-    service: str
-    chat_id: str
-    user_id: str
-    secure_key: str
     created: Json
-
-    def credentials(self) -> Json:
-        return {"userId": self.user_id, "secureKey": self.secure_key, "alias": ALIAS}
 
     async def call(self, operation: str, **params: Any) -> tuple[int, Json]:
         data = {**self.credentials(), **params}
-        path = f"{ROOT}/{self.service}/{self.chat_id}/{operation}"
-        return await post(self.http, path, data)
+        return await post(self.http, f"{self.base}/{operation}", data)
 
     async def ok(self, operation: str, **params: Any) -> Json:
         status, body = await self.call(operation, **params)
@@ -206,7 +192,9 @@ async def start_chat(env: Env, service: str = SERVICE, **params: Any) -> Custome
     data = params or {"firstName": "First", "lastName": "Last"}
     status, body = await post(env.http, f"{ROOT}/{service}", data)
     assert status == 200 and body["statusCode"] == 0, body
-    return Customer(env.http, service, body["chatId"], body["userId"], body["secureKey"], body)
+    return Customer(
+        env.http, service, body["chatId"], body["userId"], body["secureKey"], ALIAS, body
+    )
 
 
 @pytest.fixture
@@ -403,17 +391,7 @@ async def test_send_appends_a_message_that_refresh_returns(customer: Customer) -
 async def test_send_without_transcript_position_replies_messages_null(
     customer: Customer,
 ) -> None:
-    assert await customer.call("send", message="hello") == (
-        200,
-        {
-            "messages": None,
-            "chatEnded": False,
-            "statusCode": 0,
-            "alias": ALIAS,
-            "secureKey": customer.secure_key,
-            "userId": customer.user_id,
-        },
-    )
+    assert await customer.call("send", message="hello") == (200, reply(customer, None))
 
 
 async def test_send_with_transcript_position_returns_the_events_from_it(
@@ -426,15 +404,7 @@ async def test_send_with_transcript_position_returns_the_events_from_it(
         (3, "Message", "Client", "hello"),
     ]
     assert body["nextPosition"] == 4
-    assert set(body) == {
-        "messages",
-        "chatEnded",
-        "statusCode",
-        "alias",
-        "secureKey",
-        "userId",
-        "nextPosition",
-    }
+    assert set(body) == {*REPLY_KEYS, "nextPosition"}
     body = await customer.ok("send", message="none", transcriptPosition="0")
     assert body["messages"] == [] and body["nextPosition"] == 5
 
@@ -498,17 +468,7 @@ async def test_any_alias_is_accepted_and_the_reply_carries_the_current_alias(
 async def test_typing_replies_messages_null_and_adds_the_typing_event_with_its_text(
     customer: Customer, operation: str, kind: str
 ) -> None:
-    assert await customer.call(operation, message="hello, I ha") == (
-        200,
-        {
-            "messages": None,
-            "chatEnded": False,
-            "statusCode": 0,
-            "alias": ALIAS,
-            "secureKey": customer.secure_key,
-            "userId": customer.user_id,
-        },
-    )
+    assert await customer.call(operation, message="hello, I ha") == (200, reply(customer, None))
     await customer.ok(operation)
     body = await customer.refresh(transcriptPosition="2")
     assert brief(body["messages"]) == [
@@ -521,18 +481,8 @@ async def test_refresh_at_position_0_returns_no_messages_and_the_next_position(
     customer: Customer,
 ) -> None:
     await customer.ok("send", message="hi")
-    assert await customer.call("refresh", transcriptPosition="0") == (
-        200,
-        {
-            "messages": [],
-            "chatEnded": False,
-            "statusCode": 0,
-            "alias": ALIAS,
-            "secureKey": customer.secure_key,
-            "userId": customer.user_id,
-            "nextPosition": 3,
-        },
-    )
+    expected = reply(customer, [], nextPosition=3)
+    assert await customer.call("refresh", transcriptPosition="0") == (200, expected)
 
 
 async def test_refresh_at_position_1_or_without_one_returns_every_visible_event(
@@ -743,14 +693,7 @@ async def test_update_data_requires_user_data_merges_it_and_adds_no_event(
     assert await customer.call("updateData") == (400, {"errors": [{"code": 105}]})
     await customer.ok("updateData", **{"userData[key1]": "value1", "userData[key2]": "v"})
     body = await customer.ok("updateData", **{"userData[key2]": "value2"})
-    assert body == {
-        "messages": None,
-        "chatEnded": False,
-        "statusCode": 0,
-        "alias": ALIAS,
-        "secureKey": customer.secure_key,
-        "userId": customer.user_id,
-    }
+    assert body == reply(customer, None)
     assert (await env.chat.load(customer.chat_id)).user_data == {
         "key1": "value1",
         "key2": "value2",

@@ -3,39 +3,29 @@ adopts each session when its client reconnects: no re-handshake, nothing queued 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from bayeux import AckExtension, BayeuxServer
 from bayeux.redis_engine import RedisEngine
-from tests.conftest import PipelineClient, connected_client, fast_options
+from tests.conftest import PipelineClient, Started, connected_client, fast_options
 from tests.support.redis_server import RedisServer
 
 NodeFactory = Callable[[], Awaitable[BayeuxServer]]
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
 @pytest.fixture
 async def make_node(redis_server: RedisServer) -> AsyncIterator[NodeFactory]:
-    nodes: list[BayeuxServer] = []
-
     async def make() -> BayeuxServer:
-        engine = RedisEngine(redis_server.url, node_id=f"node{len(nodes)}")
+        engine = RedisEngine(redis_server.url, node_id=f"node{len(nodes.items)}")
         server = BayeuxServer(fast_options(), engine=engine)
         server.add_extension(AckExtension())
         await server.start()
-        nodes.append(server)
         return server
 
-    yield make
-    for node in nodes:
-        await node.close()
+    async with Started(make, BayeuxServer.close) as nodes:
+        yield nodes
 
 
 def move(client: PipelineClient, node: BayeuxServer) -> PipelineClient:

@@ -14,6 +14,7 @@ from bayeux import protocol as p
 from tests.conftest import (
     LiveFactory,
     LiveServer,
+    assert_refused,
     bayeux_json,
     fast_options,
     held_connect,
@@ -136,9 +137,7 @@ async def test_request_without_the_browser_cookie_gets_session_unknown(live: Liv
     reply = await browser.post(message, suffix="/connect", cookies=False)
     assert reply.status == 200
     [connect] = reply.json()
-    assert connect["successful"] is False
-    assert connect["error"] == "402::session_unknown"
-    assert connect["advice"] == {"reconnect": "handshake", "interval": 0}
+    assert_refused(connect, "402::session_unknown", "handshake")
 
 
 async def test_trust_client_session_accepts_a_request_without_the_cookie(

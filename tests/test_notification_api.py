@@ -9,7 +9,7 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from chat.notification import (
 )
 from chat.notification_api import NOTIFICATION_API, NotificationApi
 from chat.passwords import hash_password
-from tests.conftest import PipelineClient
+from tests.conftest import PipelineClient, Started
 from tests.support.processes import free_port
 from tests.support.receiver import Receiver, receiver
 from tests.support.redis_server import RedisServer
@@ -45,12 +45,6 @@ PUBLISH = "/genesys/1/notification/publish"
 NS = "com.genesyslab.gsg.services.notification."
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 DOC_TAG = "ors.agentavailability.agent123.available"
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -72,6 +66,9 @@ class Gms:
         self.api: NotificationApi = client.app[NOTIFICATION_API]
         self.bayeux: BayeuxServer = client.app[BAYEUX_SERVER]
 
+    async def close(self) -> None:
+        await self.client.close()
+
     async def post(
         self, path: str, body: Any, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
@@ -79,9 +76,13 @@ class Gms:
         text = await response.text()
         return response.status, _json_or_text(text)
 
-    async def subscribe(self, gms_user: str | None = None, **body: Any) -> str:
+    async def post_subscription(self, gms_user: str | None = None, **body: Any) -> tuple[int, Any]:
+        """Subscribes, successfully or not: (status, reply)."""
         headers = {"gms_user": gms_user} if gms_user else {}
-        status, reply = await self.post(SUBSCRIBE, body, headers)
+        return await self.post(SUBSCRIBE, body, headers)
+
+    async def subscribe(self, gms_user: str | None = None, **body: Any) -> str:
+        status, reply = await self.post_subscription(gms_user, **body)
         assert status == 200, reply
         assert set(reply) == {"id"}
         return str(reply["id"])
@@ -131,7 +132,6 @@ async def make_gms(
 ) -> AsyncIterator[GmsFactory]:
     """`await make_gms(push=..., notification=..., auth=..., **sections)`: a server whose
     `[push]` points every provider at the local receiver, on the parametrised store."""
-    clients: list[Client] = []
 
     async def make(**sections: dict[str, str]) -> Gms:
         push = {
@@ -160,12 +160,10 @@ async def make_gms(
         )
         client: Client = TestClient(TestServer(create_app(config=config)))
         await client.start_server()
-        clients.append(client)
         return Gms(client)
 
-    yield make
-    for client in clients:
-        await client.close()
+    async with Started(make, Gms.close) as started:
+        yield started
 
 
 @pytest.fixture
@@ -429,13 +427,8 @@ async def test_the_documented_customhttp_example(make_gms: GmsFactory, sink: Rec
     assert first.json() == {"message": "plain", "deviceId": "customer-device-7"}
     assert second.json() == {"message": '{"k":"v"}', "deviceId": "customer-device-7"}
     # fcm is not in this pushEnabled: not enabled, 404
-    status, body = await gms.post(
-        SUBSCRIBE,
-        {
-            "subscriberId": "x",
-            "filter": "a",
-            "notificationDetails": {"type": "fcm", "deviceId": "d"},
-        },
+    status, body = await gms.post_subscription(
+        subscriberId="x", filter="a", notificationDetails={"type": "fcm", "deviceId": "d"}
     )
     assert status == 404
     assert body["exception"] == NS + "NotificationTypeNotEnabledException"
@@ -534,8 +527,8 @@ async def test_comet_subscriptions_need_a_gms_user(gms: Gms) -> None:
 )
 async def test_unsupported_or_unknown_types_are_404(gms: Gms, push_type: str, message: str) -> None:
     details = {"type": push_type, "deviceId": "session-1"}
-    status, reply = await gms.post(
-        SUBSCRIBE, {"subscriberId": "s", "filter": "a", "notificationDetails": details}
+    status, reply = await gms.post_subscription(
+        subscriberId="s", filter="a", notificationDetails=details
     )
     assert status == 404
     assert message in reply["message"]
@@ -547,13 +540,10 @@ async def test_unsupported_or_unknown_types_are_404(gms: Gms, push_type: str, me
 async def test_comet_is_always_enabled(make_gms: GmsFactory) -> None:
     gms = await make_gms(push={"pushEnabled": "fcm"})
     await gms.comet("alice", "a")
-    status, _ = await gms.post(
-        SUBSCRIBE,
-        {
-            "subscriberId": "s",
-            "filter": "a",
-            "notificationDetails": {"type": "httpcb", "deviceId": "http://h/"},
-        },
+    status, _ = await gms.post_subscription(
+        subscriberId="s",
+        filter="a",
+        notificationDetails={"type": "httpcb", "deviceId": "http://h/"},
     )
     assert status == 404
 

@@ -71,6 +71,8 @@ async def eventually(predicate: Any, timeout: float = 5.0, what: Any = None) -> 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server for each test (not tests/conftest.py's one per module): some tests
+    stop and restart it."""
     with RedisServer() as server:
         yield server
 

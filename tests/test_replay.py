@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from bayeux import BayeuxServer, Engine, MemoryEngine, ReplayExtension
 from bayeux.redis_engine import RedisEngine
-from tests.conftest import PipelineClient, connected_client, fast_options
+from tests.conftest import PipelineClient, Started, connected_client, fast_options
 from tests.support.redis_server import RedisServer
 
 DURABLE = "/events/orders"
@@ -22,38 +22,29 @@ INVALID = (
 NodeFactory = Callable[..., Awaitable[BayeuxServer]]
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
 @pytest.fixture(params=["memory", "redis"])
 async def make_node(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> AsyncIterator[NodeFactory]:
     """`await make_node(**options)`: a started server with durable `/events/**`; with the
     Redis engine every node shares one (freshly flushed) Redis."""
-    nodes: list[BayeuxServer] = []
     if request.param == "redis":
         redis_server.client().flushall()
 
     async def make(**overrides: Any) -> BayeuxServer:
         options = fast_options(replay_channels=("/events/**",), **overrides)
         engine: Engine = (
-            RedisEngine(redis_server.url, node_id=f"node{len(nodes)}")
+            RedisEngine(redis_server.url, node_id=f"node{len(nodes.items)}")
             if request.param == "redis"
             else MemoryEngine()
         )
         server = BayeuxServer(options, engine=engine)
         server.add_extension(ReplayExtension())
         await server.start()
-        nodes.append(server)
         return server
 
-    yield make
-    for node in nodes:
-        await node.close()
+    async with Started(make, BayeuxServer.close) as nodes:
+        yield nodes
 
 
 async def replaying_client(server: BayeuxServer) -> PipelineClient:

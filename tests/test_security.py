@@ -19,7 +19,13 @@ from bayeux import (
     ServiceRequest,
 )
 from bayeux import protocol as p
-from tests.conftest import LiveServer, PipelineClient, ServerFactory, connected_client
+from tests.conftest import (
+    LiveServer,
+    PipelineClient,
+    ServerFactory,
+    assert_refused,
+    connected_client,
+)
 
 
 class TokenPolicy(SecurityPolicy):
@@ -69,9 +75,7 @@ async def test_policy_returning_false_denies_the_handshake(secured: BayeuxServer
     added: list[str] = []
     secured.on_session_added(lambda session, reason: added.append(session.id))
     reply = await PipelineClient(secured).handshake()
-    assert reply["successful"] is False
-    assert reply["error"] == "403::handshake_denied"
-    assert reply["advice"] == {"reconnect": "none", "interval": 0}
+    assert_refused(reply, "403::handshake_denied", "none")
     assert "clientId" not in reply
     assert secured.sessions == {}
     assert added == []
@@ -79,9 +83,7 @@ async def test_policy_returning_false_denies_the_handshake(secured: BayeuxServer
 
 async def test_policy_raising_denied_gives_its_reason_and_advice(secured: BayeuxServer) -> None:
     reply = await PipelineClient(secured).handshake(ext={"token": "forged"})
-    assert reply["successful"] is False
-    assert reply["error"] == "403:invalid_token:handshake_denied"
-    assert reply["advice"] == {"reconnect": "handshake", "interval": 0}
+    assert_refused(reply, "403:invalid_token:handshake_denied", "handshake")
     assert secured.sessions == {}
 
 

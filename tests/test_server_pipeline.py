@@ -14,6 +14,7 @@ from tests.conftest import (
     TIMEOUT_MS,
     PipelineClient,
     ServerFactory,
+    assert_refused,
     connected_client,
     fast_options,
     wait_until,
@@ -64,9 +65,7 @@ async def test_handshake_without_a_common_connection_type_fails_with_advice_none
     server: BayeuxServer,
 ) -> None:
     reply = await PipelineClient(server).handshake(supportedConnectionTypes=["flash", "iframe"])
-    assert reply["successful"] is False
-    assert reply["error"] == "301::connection_type_unsupported"
-    assert reply["advice"] == {"reconnect": "none", "interval": 0}
+    assert_refused(reply, "301::connection_type_unsupported", "none")
     assert reply["supportedConnectionTypes"] == list(server.options.allowed_transports)
     assert "clientId" not in reply
     assert server.sessions == {}
@@ -80,9 +79,7 @@ async def test_handshake_with_non_string_connection_types_fails_cleanly(
     reply = await PipelineClient(server).handshake(
         supportedConnectionTypes=[{"type": "long-polling"}, ["websocket"]]
     )
-    assert reply["successful"] is False
-    assert reply["error"] == "301::connection_type_unsupported"
-    assert reply["advice"] == {"reconnect": "none", "interval": 0}
+    assert_refused(reply, "301::connection_type_unsupported", "none")
 
 
 async def test_handshake_makes_the_server_ignore_the_rest_of_the_batch(
@@ -103,9 +100,7 @@ async def test_handshake_past_max_sessions_is_refused_with_advice_to_handshake_a
     for _ in range(2):
         assert (await PipelineClient(server).handshake())["successful"] is True
     reply = await PipelineClient(server).handshake()
-    assert reply["successful"] is False
-    assert reply["error"] == "503::too_many_sessions"
-    assert reply["advice"] == {"reconnect": "handshake", "interval": 0}
+    assert_refused(reply, "503::too_many_sessions", "handshake")
     assert len(server.sessions) == 2
 
 
@@ -307,9 +302,7 @@ async def test_held_connect_of_a_session_removed_by_the_server_gets_session_unkn
     server.sessions[client.client_id or ""].disconnect()
     deliveries, reply = await client.finish(held)
     assert deliveries == []
-    assert reply["successful"] is False
-    assert reply["error"] == "402::session_unknown"
-    assert reply["advice"] == {"reconnect": "handshake", "interval": 0}
+    assert_refused(reply, "402::session_unknown", "handshake")
 
 
 # -- subscribe and unsubscribe -----------------------------------------------------------------

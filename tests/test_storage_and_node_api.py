@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -19,12 +19,6 @@ from tests.support.redis_server import RedisServer
 
 ADMIN = ("admin", "s3cret")
 Client = TestClient[aiohttp.web.Request, aiohttp.web.Application]
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 def config(**auth: str) -> ChatConfig:

@@ -6,12 +6,23 @@ import asyncio
 
 from bayeux import protocol as p
 from tests.conftest import (
+    BayeuxSocket,
+    Browser,
     LiveFactory,
     LiveServer,
     fast_options,
     held_connect,
     wait_until,
 )
+
+
+async def held_subscriber(live: LiveServer, browser: Browser, subscription: str) -> BayeuxSocket:
+    """A websocket whose session subscribed to `subscription` and has its /meta/connect held."""
+    socket = await browser.ws_connected()
+    await browser.ws_request(socket, p.META_SUBSCRIBE, subscription=subscription)
+    await browser.ws_connect(socket)
+    await wait_until(held_connect(live.bayeux, browser.client_id))
+    return socket
 
 
 async def test_handshake_connect_subscribe_and_publish_over_one_socket(live: LiveServer) -> None:
@@ -52,10 +63,7 @@ async def test_deliveries_are_pushed_without_waiting_for_a_connect(live: LiveSer
 
 async def test_deliveries_are_pushed_while_the_connect_stays_held(live: LiveServer) -> None:
     browser = live.browser()
-    socket = await browser.ws_connected()
-    await browser.ws_request(socket, p.META_SUBSCRIBE, subscription="/push")
-    await browser.ws_connect(socket)
-    await wait_until(held_connect(live.bayeux, browser.client_id))
+    socket = await held_subscriber(live, browser, "/push")
     publisher = await live.browser().connected()
     await publisher.request("/push", data="now")
     frame = await socket.receive_frame()
@@ -115,10 +123,7 @@ async def test_frame_over_max_message_size_closes_the_socket_with_1009(
 
 async def test_session_survives_its_socket_and_resumes_on_a_new_one(live: LiveServer) -> None:
     browser = live.browser()
-    first = await browser.ws_connected()
-    await browser.ws_request(first, p.META_SUBSCRIBE, subscription="/away")
-    await browser.ws_connect(first)
-    await wait_until(held_connect(live.bayeux, browser.client_id))
+    first = await held_subscriber(live, browser, "/away")
     await first.ws.close()
     session = live.bayeux.sessions[browser.client_id or ""]
     await wait_until(lambda: session.link is None)

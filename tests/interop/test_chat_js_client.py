@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +23,14 @@ from bayeux.app import BAYEUX_SERVER
 from chat.app import CHAT_ENGINE, create_app
 from chat.chat_v2_cometd import CometdChat
 from chat.engine import ChatEngine
-from tests.conftest import fast_options
-from tests.interop.test_cometd_js_client import NODE_PROJECT, require_node_client
+from tests.conftest import Started, fast_options
+from tests.interop.test_cometd_js_client import SUITE
+from tests.support.chat_cometd import AGENT, CLIENT, DISCONNECT_REPLY, event, notification
+from tests.support.cometd_js import NODE_PROJECT, require_node_client
 from tests.support.processes import node_executable
 
 SCRIPT = NODE_PROJECT / "chat.mjs"
 STEP_TIMEOUT = 15.0
-BOGUS = {"alias": "0", "userId": "deprecated", "chatId": "deprecated"}
-CLIENT = {"nickname": "Joan", "participantId": 1, "type": "Client"}
-AGENT = {"nickname": "Ann", "participantId": 2, "type": "Agent"}
 
 Result = dict[str, Any]
 
@@ -141,7 +140,7 @@ class Gms:
 
 @pytest.fixture
 async def gms() -> AsyncIterator[Gms]:
-    require_node_client()
+    require_node_client(SUITE)
     app = create_app(fast_options())
     http = TestServer(app, host="127.0.0.1")
     await http.start_server()
@@ -154,40 +153,27 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+NodeChatFactory = Callable[[str, str, str], Awaitable[NodeChat]]
+
+
 @pytest.fixture
-async def node_chat() -> AsyncIterator[list[NodeChat]]:
-    started: list[NodeChat] = []
-    yield started
-    for script in started:
-        await script.close()
-
-
-async def run(started: list[NodeChat], scenario: str, gms: Gms, transport: str) -> NodeChat:
-    script = await NodeChat.start(scenario, gms.url, transport)
-    started.append(script)
-    return script
+async def node_chat() -> AsyncIterator[NodeChatFactory]:
+    """`await node_chat(scenario, url, transport)`: node/chat.mjs started, closed afterwards."""
+    async with Started(NodeChat.start, NodeChat.close) as started:
+        yield started
 
 
 def untimed(data: Result) -> Result:
     data = copy.deepcopy(data)
-    for event in data.get("messages") or ():
-        assert isinstance(event.pop("utcTime"), int)
+    for transcript_event in data.get("messages") or ():
+        assert isinstance(transcript_event.pop("utcTime"), int)
     return data
 
 
-def envelope(key: str | None, messages: list[Result], next_position: int, **fields: Any) -> Result:
-    base = {"messages": messages, "chatEnded": False, "statusCode": 0, **BOGUS}
-    return base | {"secureKey": key, "nextPosition": next_position, "monitored": False} | fields
-
-
-def message(party: Result, index: int, text: str) -> Result:
-    return {"from": party, "index": index, "type": "Message", "text": text, "messageType": None}
-
-
 async def test_a_whole_chat_with_the_cometd_js_client(
-    gms: Gms, transport: str, node_chat: list[NodeChat]
+    gms: Gms, transport: str, node_chat: NodeChatFactory
 ) -> None:
-    script = await run(node_chat, "flow", gms, transport)
+    script = await node_chat("flow", gms.url, transport)
     key = (await script.expect("SENT"))["secureKey"]
     await gms.agent(key, "How can I help?", join=True)
     result = await script.result()
@@ -198,27 +184,19 @@ async def test_a_whole_chat_with_the_cometd_js_client(
     joined = {"from": CLIENT, "index": 1, "type": "ParticipantJoined"}
     agent_joined = {"from": AGENT, "index": 3, "type": "ParticipantJoined"}
     assert [untimed(data) for data in result["notifications"]] == [
-        envelope(key, [joined], 2),
-        envelope(key, [message(CLIENT, 2, "I have a question")], 3),
-        envelope(key, [agent_joined], 4),
-        envelope(key, [message(AGENT, 4, "How can I help?")], 5),
-        {
-            "messages": [],
-            "chatEnded": True,
-            "statusCode": 0,
-            "alias": "0",
-            "chatId": "deprecated",
-            "nextPosition": 1,
-            "monitored": False,
-        },
+        notification(key, [joined], 2),
+        notification(key, [event("Message", CLIENT, 2, "I have a question")], 3),
+        notification(key, [agent_joined], 4),
+        notification(key, [event("Message", AGENT, 4, "How can I help?")], 5),
+        DISCONNECT_REPLY,
     ]
     assert result["replies"] == [result["notifications"][i] for i in (0, 1, 4)]
 
 
 async def test_a_reconnected_cometd_js_client_gets_exactly_the_missed_events(
-    gms: Gms, transport: str, node_chat: list[NodeChat]
+    gms: Gms, transport: str, node_chat: NodeChatFactory
 ) -> None:
-    script = await run(node_chat, "reconnect", gms, transport)
+    script = await node_chat("reconnect", gms.url, transport)
     chat = await script.expect("CHAT")
     key, first_client = chat["secureKey"], chat["clientId"]
     await gms.agent(key, "first", join=True)
@@ -235,10 +213,9 @@ async def test_a_reconnected_cometd_js_client_gets_exactly_the_missed_events(
     assert result["transport"] == transport
     old, new = result["clientIds"]
     assert old == first_client and new != old
-    assert untimed(result["resumed"]) == envelope(
-        key, [message(AGENT, 4, "second"), message(AGENT, 5, "third")], 6
-    )
-    assert untimed(result["fourth"]) == envelope(key, [message(AGENT, 6, "fourth")], 7)
+    missed = [event("Message", AGENT, 4, "second"), event("Message", AGENT, 5, "third")]
+    assert untimed(result["resumed"]) == notification(key, missed, 6)
+    assert untimed(result["fourth"]) == notification(key, [event("Message", AGENT, 6, "fourth")], 7)
     indexes = [e["index"] for data in result["notifications"] for e in data["messages"]]
     assert indexes == [1, 2, 3, 4, 5, 6], "every event once, in order"
     assert result["left"]["chatEnded"] is True

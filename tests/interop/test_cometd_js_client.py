@@ -11,41 +11,26 @@ long-polling` against a running `python -m bayeux --port PORT`.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cometd_js import NODE_PROJECT, describe_sequence, require_node_client
 from tests.support.processes import (
     NodeScriptError,
     NodeSession,
     ServerProcess,
-    node_executable,
     run_node,
     running_bayeux_server,
 )
 
-NODE_PROJECT = Path(__file__).parent / "node"
 SCENARIOS = NODE_PROJECT / "scenarios.mjs"
 TRANSPORTS = ["websocket", "long-polling"]
+SUITE = "the interop tests"
 
 Result = dict[str, Any]
-
-
-def require_node_client() -> None:
-    """Fails (never skips): CI installs Node and the npm packages through scripts/test."""
-    if node_executable() is None:
-        pytest.fail("node is not on PATH: the interop tests need Node.js >= 20 (see scripts/test)")
-    for package in ("cometd", "cometd-nodejs-client"):
-        if not (NODE_PROJECT / "node_modules" / package / "package.json").is_file():
-            pytest.fail(
-                f"npm package {package!r} is not installed in {NODE_PROJECT}/node_modules: "
-                "run `cd tests/interop/node && npm ci`"
-            )
 
 
 def endpoint(server: ServerProcess) -> str:
@@ -75,23 +60,12 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 
 def run_scenario(server: ServerProcess, name: str, transport: str) -> Result:
-    require_node_client()
+    require_node_client(SUITE)
     with server_output_on_failure(server):
         result = run_node(SCENARIOS, [name, endpoint(server), transport], timeout=120)
     assert result["ok"] is True, result
     assert (result["scenario"], result["transport"]) == (name, transport)
     return result
-
-
-def describe_sequence(received: list[int], count: int) -> str:
-    duplicates = sorted(seq for seq, n in Counter(received).items() if n > 1)
-    missing = sorted(set(range(count)) - set(received))
-    first_disorder = next((i for i, (a, b) in enumerate(pairwise(received)) if b <= a), None)
-    return (
-        f"received {len(received)} of {count}; missing {missing[:20]} ({len(missing)}); "
-        f"duplicated {duplicates[:20]} ({len(duplicates)}); "
-        f"first out-of-order index {first_disorder}"
-    )
 
 
 def assert_session_probe(probe: Result, message_id: str, *, successful: bool) -> Result:
@@ -224,11 +198,11 @@ def test_thousand_messages_arrive_in_order_without_loss_or_duplicates(
     assert count == 1000
     assert result["acked"] == count
     received = result["received"]
-    assert received == list(range(count)), describe_sequence(received, count)
+    assert received == list(range(count)), describe_sequence(received, range(count))
 
 
 def test_client_rehandshakes_and_resubscribes_after_server_restart(transport: str) -> None:
-    require_node_client()
+    require_node_client(SUITE)
     with running_bayeux_server() as server, server_output_on_failure(server):
         args = ["rehandshake", endpoint(server), transport]
         with NodeSession(SCENARIOS, args) as session:

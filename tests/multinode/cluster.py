@@ -28,6 +28,9 @@ from tests.support.processes import (
     ServerProcess,
     bayeux_options,
     free_port,
+    log_tail,
+    no_proxy_opener,
+    stop_process,
 )
 from tests.support.redis_server import RedisServer
 
@@ -45,15 +48,10 @@ class ClusterError(AssertionError):
     """Something in the cluster did not reach the expected state in time."""
 
 
-def _opener() -> urllib.request.OpenerDirector:
-    # Loopback requests must never go through an HTTP(S)_PROXY from the environment.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
     """(status, body) of a GET; status 0 when nothing answered."""
     try:
-        with _opener().open(url, timeout=timeout) as response:
+        with no_proxy_opener().open(url, timeout=timeout) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as error:
         return int(error.code), error.read()
@@ -67,7 +65,7 @@ def http_post_json(url: str, body: object, timeout: float = 5.0) -> tuple[int, o
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     try:
-        with _opener().open(request, timeout=timeout) as response:
+        with no_proxy_opener().open(request, timeout=timeout) as response:
             return int(response.status), json.loads(response.read())
     except urllib.error.HTTPError as error:
         return int(error.code), None
@@ -89,6 +87,19 @@ def haproxy_binary() -> str | None:
         (path for path in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if Path(path).is_file()),
         None,
     )
+
+
+def haproxy_check(binary: str, env: Mapping[str, str]) -> tuple[int, str]:
+    """`haproxy -c` on the shipped docker/haproxy.cfg with env: its exit code and output."""
+    completed = subprocess.run(
+        [binary, "-c", "-f", str(HAPROXY_CONFIG)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return completed.returncode, completed.stdout + completed.stderr
 
 
 class HAProxyProcess:
@@ -117,16 +128,8 @@ class HAProxyProcess:
 
     def check_config(self) -> str:
         """`haproxy -c` on the shipped file with this harness's environment; its output."""
-        completed = subprocess.run(
-            [self.binary, "-c", "-f", str(HAPROXY_CONFIG)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        output = completed.stdout + completed.stderr
-        if completed.returncode != 0:
+        returncode, output = haproxy_check(self.binary, self.env)
+        if returncode != 0:
             raise ClusterError(f"haproxy -c -f {HAPROXY_CONFIG} failed:\n{output}")
         return output
 
@@ -184,21 +187,11 @@ class HAProxyProcess:
         )
 
     def output(self, lines: int = 60) -> str:
-        if self._log.closed:
-            return ""
-        self._log.flush()
-        self._log.seek(0)
-        return "\n".join(self._log.read().decode(errors="replace").splitlines()[-lines:])
+        return log_tail(self._log, lines)
 
     def close(self) -> None:
         if self._process is not None:
-            if self._process.poll() is None:
-                self._process.terminate()
-                try:
-                    self._process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self._process.kill()
-                    self._process.wait()
+            stop_process(self._process, grace=5)
             self._process = None
         self._log.close()
 

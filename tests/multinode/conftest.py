@@ -13,23 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.processes import node_executable
+from tests.support.cometd_js import require_node_client
 
 from .cluster import Cluster, ClusterError, require_haproxy
-from .scenarios import NODE_PROJECT
-
-
-def require_node_client() -> None:
-    if node_executable() is None:
-        pytest.fail(
-            "node is not on PATH: the multi-node tests need Node.js >= 20 (see scripts/test)"
-        )
-    for package in ("cometd", "cometd-nodejs-client"):
-        if not (NODE_PROJECT / "node_modules" / package / "package.json").is_file():
-            pytest.fail(
-                f"npm package {package!r} is not installed in {NODE_PROJECT}/node_modules: "
-                "run `cd tests/interop/node && npm ci`"
-            )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +24,7 @@ def cluster() -> Iterator[Cluster]:
         haproxy = require_haproxy()
     except ClusterError as error:
         pytest.fail(str(error))
-    require_node_client()
+    require_node_client("the multi-node tests")
     running = Cluster(haproxy)
     try:
         running.start()

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import REPO_ROOT, NodeScriptError, NodeSession, run_node
+from tests.support.cometd_js import NODE_PROJECT
+from tests.support.processes import NodeScriptError, NodeSession, run_node
 
 from .cluster import Cluster
 
-NODE_PROJECT = REPO_ROOT / "tests" / "interop" / "node"
 SCRIPT: Path = NODE_PROJECT / "multinode.mjs"
 
 Result = dict[str, Any]
@@ -49,15 +47,3 @@ def run_scenario(cluster: Cluster, name: str, timeout: float = 60, **parameters:
 def session(cluster: Cluster, name: str, **parameters: Any) -> NodeSession:
     """A scenario that talks to its driver over stdin/stdout."""
     return NodeSession(SCRIPT, [name, config(cluster, **parameters)])
-
-
-def describe_sequence(received: Sequence[int], expected: Sequence[int]) -> str:
-    duplicates = sorted(value for value, n in Counter(received).items() if n > 1)
-    missing = sorted(set(expected) - set(received))
-    unexpected = sorted(set(received) - set(expected))
-    first_disorder = next((i for i, (a, b) in enumerate(pairwise(received)) if b <= a), None)
-    return (
-        f"received {len(received)} of {len(expected)}; missing {missing[:20]} ({len(missing)}); "
-        f"duplicated {duplicates[:20]} ({len(duplicates)}); unexpected {unexpected[:20]}; "
-        f"first out-of-order index {first_disorder}"
-    )

@@ -17,14 +17,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.cometd_js import describe_sequence
+
 from .cluster import NODE_IDS, Cluster, http_get, wait_until
-from .scenarios import (
-    Result,
-    cluster_output_on_failure,
-    describe_sequence,
-    run_scenario,
-    session,
-)
+from .scenarios import Result, cluster_output_on_failure, run_scenario, session
 
 TRANSPORTS = ["websocket", "long-polling"]
 

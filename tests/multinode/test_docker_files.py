@@ -23,6 +23,7 @@ from .cluster import (
     HAPROXY_CONFIG,
     NODE_IDS,
     ClusterError,
+    haproxy_check,
     http_get,
     http_post_json,
     require_haproxy,
@@ -67,16 +68,8 @@ def test_the_shipped_haproxy_config_is_valid_as_compose_runs_it() -> None:
     # No environment: the docker-compose defaults (node1:8080, ... which need not resolve
     # here: init-addr none starts such a server as down).
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    completed = subprocess.run(
-        [haproxy, "-c", "-f", str(HAPROXY_CONFIG)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, output
+    returncode, output = haproxy_check(haproxy, env)
+    assert returncode == 0, output
     assert "Configuration file is valid" in output
     assert "ALERT" not in output, output
 

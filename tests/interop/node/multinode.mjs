@@ -14,219 +14,20 @@
 // Environment: SCENARIO_WAIT_MS (default 10000) bounds each wait for a reply or a message;
 // SCENARIO_TIMEOUT_MS (default 60000) bounds the whole run.
 
-import { Console } from "node:console";
-import { performance } from "node:perf_hooks";
-import { createInterface } from "node:readline";
-import { adapt } from "cometd-nodejs-client";
+import {
+    Client, Condition, Context, Driver, TRANSPORTS, WAIT_MS, check, clientUrl, configureHarness, cookieJar, copy,
+    hardTimeoutMs, json, loadCometD, now, runScenario, sleep, usage,
+} from "./harness.mjs";
+
+// Longer runs than scenarios.mjs: failures show more. Inboxes keep only messages with data.
+configureHarness({ wireTail: 30, describeLimit: 3000, inboxLimit: 1500, dropKeys: ["transport", "xhr"], dataOnly: true });
 
 // Every Client is a browser of its own, with its own cookie jar: the BAYEUX_BROWSER cookie of
-// the server and HAProxy's SRV cookie. The adapter's cookie hooks are not told which client a
-// request is for, and its WebSocket sends no cookies at all, so each client puts its name in
-// its URL (`?client=name`; CometD then sends every request, websocket upgrades included, to
-// that URL, without appending /handshake, /connect... to the path as it does for a URL without
-// a query) and the WebSocket below sends and keeps cookies as a browser would.
-const cookieJars = new Map();
-/** Every Set-Cookie a client got, in order: {name, value, at}. */
-const setCookieLogs = new Map();
+// the server and HAProxy's SRV cookie. Each client names itself in its URL (clientUrl()), and
+// its WebSocket sends and keeps cookies as a browser would.
+await loadCometD({ browserWebSocket: true });
 
-function cookieJar(client) {
-    if (!cookieJars.has(client)) {
-        cookieJars.set(client, new Map());
-        setCookieLogs.set(client, []);
-    }
-    return cookieJars.get(client);
-}
-
-function clientOf(url) {
-    return new URL(url).searchParams.get("client") ?? "";
-}
-
-function storeCookie(client, header) {
-    const nameValue = header.split(";")[0].trim();
-    const equals = nameValue.indexOf("=");
-    if (equals > 0) {
-        const name = nameValue.slice(0, equals);
-        cookieJar(client).set(name, nameValue);
-        setCookieLogs.get(client).push({ name, value: nameValue.slice(equals + 1), at: now() });
-    }
-}
-
-function cookieHeader(client) {
-    return [...cookieJar(client).values()].join("; ");
-}
-
-adapt({
-    cookies: {
-        storeCookie(uri, header, callback) {
-            storeCookie(clientOf(uri), header);
-            callback(null);
-        },
-        retrieveCookies(context, uri, callback) {
-            callback(null, [...cookieJar(clientOf(uri)).values()]);
-        },
-    },
-});
-
-/** The adapter's WebSocket (the `ws` package), with the client's cookies, like a browser's. */
-class BrowserWebSocket extends window.WebSocket {
-    constructor(url, protocols) {
-        const client = clientOf(url);
-        const cookies = cookieHeader(client);
-        super(url, protocols, cookies ? { headers: { Cookie: cookies } } : {});
-        this.on("upgrade", (response) => {
-            for (const header of [response.headers["set-cookie"] ?? []].flat()) {
-                storeCookie(client, header);
-            }
-        });
-    }
-}
-window.WebSocket = BrowserWebSocket;
-window.console = new Console({ stdout: process.stderr, stderr: process.stderr });
-const { CometD } = await import("cometd");
-
-const TRANSPORTS = ["websocket", "long-polling"];
-const HARD_TIMEOUT_MS = Number(process.env.SCENARIO_TIMEOUT_MS || 60000);
-const WAIT_MS = Number(process.env.SCENARIO_WAIT_MS || 10000);
-const WIRE_TAIL = 30;
-
-class ScenarioFailure extends Error {}
-
-function check(condition, message) {
-    if (!condition) {
-        throw new ScenarioFailure(message);
-    }
-}
-
-function json(value) {
-    return JSON.stringify(value);
-}
-
-function now() {
-    return performance.now();
-}
-
-function sleep(ms) {
-    return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** A plain-JSON copy of a message; drops the transport objects the client attaches to failures. */
-function copy(message) {
-    const seen = new WeakSet();
-    return JSON.parse(JSON.stringify(message, (key, value) => {
-        if (value instanceof Error) {
-            return String(value);
-        }
-        if (typeof value === "object" && value !== null) {
-            if (key === "transport" || key === "xhr" || seen.has(value)) {
-                return undefined;
-            }
-            seen.add(value);
-        }
-        return value;
-    }));
-}
-
-/** what: a description, or a function returning one when the deadline passes (to show the state then). */
-function withDeadline(promise, ms, what) {
-    let timer;
-    const expired = new Promise((_, reject) => {
-        timer = setTimeout(() => {
-            const description = (typeof what === "function" ? what() : what).slice(0, 3000);
-            reject(new ScenarioFailure(`timed out after ${ms} ms waiting for ${description}`));
-        }, ms);
-    });
-    return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
-}
-
-/** Waits until condition() is true, re-checking whenever notify() is called. */
-class Condition {
-    #waiters = [];
-
-    until(condition, what, ms = WAIT_MS) {
-        if (condition()) {
-            return Promise.resolve();
-        }
-        const waiter = { condition };
-        const satisfied = new Promise((resolve) => {
-            waiter.resolve = resolve;
-            this.#waiters.push(waiter);
-        });
-        return withDeadline(satisfied, ms, what).finally(() => {
-            this.#waiters = this.#waiters.filter((other) => other !== waiter);
-        });
-    }
-
-    notify() {
-        this.#waiters = this.#waiters.filter((waiter) => {
-            if (waiter.condition()) {
-                waiter.resolve();
-                return false;
-            }
-            return true;
-        });
-    }
-}
-
-/** The messages one listener or subscription received, in arrival order. */
-class Inbox extends Condition {
-    messages = [];
-
-    constructor(label) {
-        super();
-        this.label = label;
-    }
-
-    push = (message) => {
-        if (message.data !== undefined) {
-            this.messages.push(copy(message));
-            this.notify();
-        }
-    };
-
-    get data() {
-        return this.messages.map((message) => message.data);
-    }
-
-    untilData(predicate, what, ms = WAIT_MS) {
-        return this.until(() => this.messages.some((message) => predicate(message.data)),
-            () => `${what} on ${this.label} (got ${json(this.data).slice(0, 1500)})`, ms);
-    }
-}
-
-/**
- * A pass-through extension registered first, so it sees incoming messages as they came off the
- * wire and outgoing messages as they go onto it (after every other extension ran).
- */
-class WireTap extends Condition {
-    log = [];
-
-    incoming(message) {
-        this.#record("in", message);
-        return message;
-    }
-
-    outgoing(message) {
-        this.#record("out", message);
-        return message;
-    }
-
-    requests(channel) {
-        return this.#matching("out", (m) => m.channel === channel);
-    }
-
-    tail(count = WIRE_TAIL) {
-        return this.log.slice(-count);
-    }
-
-    #record(dir, message) {
-        this.log.push({ dir, at: now(), message: copy(message) });
-        this.notify();
-    }
-
-    #matching(dir, predicate) {
-        return this.log.filter((entry) => entry.dir === dir && predicate(entry.message)).map((entry) => entry.message);
-    }
-}
+const HARD_TIMEOUT_MS = hardTimeoutMs(60000);
 
 /**
  * The replay extension, as Salesforce's cometdReplayExtension does it for the CometD client:
@@ -266,108 +67,22 @@ class ReplayExtension {
     }
 }
 
-/** An official CometD client, a browser of its own, plus promise-returning wrappers. */
-class Client {
+/** A client of one node or of HAProxy, with the replay extension if asked for. */
+class NodeClient extends Client {
     constructor(name, { url, transport, replay = null, configure = {} }) {
         check(TRANSPORTS.includes(transport), `unknown transport ${transport}`);
-        this.name = name;
-        this.transport = transport;
-        this.url = `${url}${url.includes("?") ? "&" : "?"}client=${encodeURIComponent(name)}`;
-        this.cometd = new CometD(name);
-        this.tap = new WireTap();
-        this.cometd.registerExtension("wiretap", this.tap);
-        if (replay) {
-            this.replay = new ReplayExtension(replay === true ? {} : replay);
-            this.cometd.registerExtension("replay", this.replay);
-        }
-        if (transport === "long-polling") {
-            this.cometd.unregisterTransport("websocket");
-        }
-        this.cometd.configure({ url: this.url, logLevel: "warn", ...configure });
-        this.connects = new Inbox(`${name} /meta/connect`);
-        this.cometd.addListener("/meta/connect", (m) => this.connects.push({ ...m, data: m.successful }));
+        const extensions = replay ? { replay: new ReplayExtension(replay === true ? {} : replay) } : {};
+        super(name, { url: clientUrl(url, name), transport, extensions, configure });
     }
 
-    get clientId() {
-        return this.cometd.getClientId();
-    }
-
-    get cookieHeader() {
-        return cookieHeader(this.name);
-    }
-
-    cookie(name) {
-        const nameValue = cookieJar(this.name).get(name);
-        return nameValue === undefined ? null : nameValue.slice(name.length + 1);
-    }
-
-    /** Every Set-Cookie for `name` this client got: [value, ...]. */
-    setCookies(name) {
-        return setCookieLogs.get(this.name).filter((c) => c.name === name).map((c) => c.value);
+    /** this.connects.data: whether each /meta/connect succeeded. */
+    recordConnect(message) {
+        this.connects.push({ ...message, data: message.successful });
     }
 
     /** The node HAProxy routes this client to: its SRV cookie (null when not through HAProxy). */
     get lbNode() {
         return this.cookie("SRV");
-    }
-
-    get negotiatedTransport() {
-        const transport = this.cometd.getTransport();
-        return transport ? transport.type : null;
-    }
-
-    /** Handshakes and waits for the first successful /meta/connect. */
-    async handshake() {
-        const reply = await this.#request("/meta/handshake", (callback) => this.cometd.handshake(callback));
-        check(reply.successful === true, `${this.name}: handshake failed: ${json(reply)}`);
-        await this.connects.until(() => this.connects.data.includes(true),
-            () => `${this.name}: first successful /meta/connect (got ${json(this.connects.messages)})`);
-        check(this.negotiatedTransport === this.transport,
-            `${this.name}: transport is ${this.negotiatedTransport}, expected ${this.transport}`);
-        return reply;
-    }
-
-    /** Resolves with the subscribe reply, successful or not. */
-    subscribeRaw(channel, inbox = new Inbox(`${this.name} ${channel}`)) {
-        return this.#request(`/meta/subscribe ${channel}`,
-            (callback) => this.cometd.subscribe(channel, inbox.push, callback));
-    }
-
-    async subscribe(channel, inbox = new Inbox(`${this.name} ${channel}`)) {
-        const reply = await this.subscribeRaw(channel, inbox);
-        check(reply.successful === true, `${this.name}: subscribe to ${channel} failed: ${json(reply)}`);
-        return inbox;
-    }
-
-    listen(channel) {
-        const inbox = new Inbox(`${this.name} listener ${channel}`);
-        this.cometd.addListener(channel, inbox.push);
-        return inbox;
-    }
-
-    /** Resolves with the server's acknowledgement, successful or not. */
-    publishRaw(channel, data, timeout = WAIT_MS) {
-        return this.#request(`publish acknowledgement on ${channel}`,
-            (callback) => this.cometd.publish(channel, data, callback), timeout);
-    }
-
-    async publish(channel, data, timeout = WAIT_MS) {
-        const reply = await this.publishRaw(channel, data, timeout);
-        check(reply.successful === true, `${this.name}: publish to ${channel} failed: ${json(reply)}`);
-        return reply;
-    }
-
-    /**
-     * A CometD remote call: a publish on /service/<target> whose reply carries data. The demo
-     * services (user/bind, user/send) reply with data, which the official client hands to a
-     * plain publish()'s callback never (it takes a publish reply with data for a message):
-     * call them this way.
-     */
-    async call(target, data) {
-        const reply = await this.#request(`remote call ${target}`,
-            (callback) => this.cometd.remoteCall(target, data, WAIT_MS, callback), 2 * WAIT_MS);
-        check(reply.successful === true, `${this.name}: remote call ${target} failed: ${json(reply)}`);
-        return reply;
     }
 
     /** GET /health next to the client's URL with its cookies: which node HAProxy sends it to. */
@@ -391,31 +106,16 @@ class Client {
         }));
     }
 
-    async close() {
-        if (!this.cometd.isDisconnected()) {
-            await this.#request("/meta/disconnect", (callback) => this.cometd.disconnect(callback), 3000)
-                .catch(() => undefined);
-        }
-    }
-
-    #request(what, send, timeout = WAIT_MS) {
-        return withDeadline(new Promise((resolve) => send((reply) => resolve(copy(reply)))),
-            timeout, `${this.name}: reply to ${what}`);
+    close() {
+        return super.close(3000);
     }
 }
 
 /** What a scenario gets: the clients it creates are disconnected at the end. */
-class Context {
-    clients = [];
-    #id = `${process.pid.toString(36)}${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
-
+class NodeContext extends Context {
     constructor(config) {
+        super();
         this.config = config;
-    }
-
-    /** A channel name no other run uses, e.g. /chat/x-lq3x9a. */
-    channel(prefix) {
-        return `${prefix}-${this.#id}`;
     }
 
     node(nodeId) {
@@ -424,59 +124,8 @@ class Context {
         return url;
     }
 
-    client(name, options) {
-        const client = new Client(name, options);
-        this.clients.push(client);
-        return client;
-    }
-
-    async connect(name, options) {
-        const client = this.client(name, options);
-        await client.handshake();
-        return client;
-    }
-
-    async closeAll() {
-        await Promise.all(this.clients.map((client) => client.close()));
-    }
-
-    wireTails() {
-        return this.clients.flatMap((client) => client.tap.tail().map(({ dir, message }) =>
-            `${client.name} ${dir === "in" ? "<-" : "->"} ${json(message)}`)).join("\n");
-    }
-}
-
-/** Lines from the driver on stdin, one at a time. */
-class Driver {
-    #lines = [];
-    #closed = false;
-    #changed = new Condition();
-
-    constructor() {
-        const reader = createInterface({ input: process.stdin });
-        reader.on("line", (line) => {
-            this.#lines.push(line.trim());
-            this.#changed.notify();
-        });
-        reader.on("close", () => {
-            this.#closed = true;
-            this.#changed.notify();
-        });
-    }
-
-    say(line) {
-        process.stdout.write(`${line}\n`);
-    }
-
-    /** Waits for a line `word` or `word <argument>`; returns the argument ("" if none). */
-    async expect(word, ms = 3 * WAIT_MS) {
-        const matches = (line) => line === word || line.startsWith(`${word} `);
-        await this.#changed.until(() => this.#closed || this.#lines.some(matches),
-            `"${word}" from the driver`, ms);
-        const index = this.#lines.findIndex(matches);
-        check(index >= 0, `stdin closed before "${word}"`);
-        const [line] = this.#lines.splice(index, 1);
-        return line.slice(word.length).trim();
+    createClient(name, options) {
+        return new NodeClient(name, options);
     }
 }
 
@@ -493,7 +142,7 @@ async function broadcast(ctx, { transport, count = 200, publisherNode = "node1" 
     const nodeIds = Object.keys(ctx.config.nodes);
     const subscribers = await Promise.all(nodeIds.map((nodeId) =>
         ctx.connect(`sub-${nodeId}`, { url: ctx.node(nodeId), transport })));
-    const inboxes = await Promise.all(subscribers.map((client) => client.subscribe(channel)));
+    const inboxes = await Promise.all(subscribers.map(async (client) => (await client.subscribe(channel)).inbox));
     const publisher = await ctx.connect("publisher", { url: ctx.node(publisherNode), transport });
     const acks = [];
     for (let seq = 0; seq < count; ++seq) {
@@ -556,7 +205,7 @@ async function sticky(ctx, { rounds = 10 }) {
         clients.push(await ctx.connect(name, { url: ctx.config.lb, transport: "long-polling" }));
     }
     const healthBefore = await Promise.all(clients.map((client) => client.health()));
-    const inboxes = await Promise.all(clients.map((client) => client.subscribe(channel)));
+    const inboxes = await Promise.all(clients.map(async (client) => (await client.subscribe(channel)).inbox));
     for (let round = 0; round < rounds; ++round) {
         const client = clients[round % 2];
         await client.publish(channel, { round, from: client.name });
@@ -669,7 +318,7 @@ async function failover(ctx, { subscribers, publisherNode = "node1", count = 300
     await Promise.all(subs.map((sub) => sub.start()));
     const publisher = await ctx.connect("publisher", { url: ctx.node(publisherNode), transport: "websocket", replay: true });
     // The publisher's own subscription is the reference: replayId of every event, in order.
-    const reference = await publisher.subscribe(channel);
+    const { inbox: reference } = await publisher.subscribe(channel);
     const health = await Promise.all(subs.map((sub) => sub.client.health()));
     driver.say(`NODES ${json(Object.fromEntries(subs.map((sub, i) => [sub.name, { srv: sub.client.lbNode, health: health[i].node }])))}`);
     await driver.expect("START");
@@ -730,14 +379,14 @@ async function redisOutage(ctx, { transports = ["websocket", "long-polling", "we
     const nodeIds = Object.keys(ctx.config.nodes);
     const clients = await Promise.all(nodeIds.map((nodeId, i) =>
         ctx.connect(`c-${nodeId}`, { url: ctx.node(nodeId), transport: transports[i % transports.length] })));
-    const inboxes = await Promise.all(clients.map((client) => client.subscribe(channel)));
+    const inboxes = await Promise.all(clients.map(async (client) => (await client.subscribe(channel)).inbox));
     await clients[0].publish(channel, { phase: "before" });
     await Promise.all(inboxes.map((inbox) => inbox.untilData((data) => data.phase === "before", "the message before")));
     driver.say("READY");
 
     await driver.expect("REDIS_DOWN");
     const duringPublishes = await Promise.all(clients.map((client) => client.publishRaw(channel, { phase: "during" })));
-    const duringSubscribe = await clients[1].subscribeRaw(ctx.channel("/chat/during"));
+    const { reply: duringSubscribe } = await clients[1].subscribeRaw(ctx.channel("/chat/during"));
     const duringBind = await new Promise((resolve) =>
         clients[2].cometd.remoteCall("user/bind", { user: "carol" }, WAIT_MS, (reply) => resolve(copy(reply))));
     const connectsBeforeUp = clients.map((client) => client.connects.messages.length);
@@ -759,7 +408,7 @@ async function redisOutage(ctx, { transports = ["websocket", "long-polling", "we
     // (node1's writer -> Redis -> node3's subscriber connection), so it arrives after it.
     const [sender, , carol] = clients;
     const privateInbox = carol.listen("/private");
-    const barrier = await carol.subscribe(ctx.channel("/chat/barrier"));
+    const { inbox: barrier } = await carol.subscribe(ctx.channel("/chat/barrier"));
     const reachable = [];
     for (const attempt of ["after the failed bind", "after binding again"]) {
         let rebind = null;
@@ -790,10 +439,6 @@ async function redisOutage(ctx, { transports = ["websocket", "long-polling", "we
 
 const SCENARIOS = { broadcast, users, sticky, failover, "redis-outage": redisOutage };
 
-function exit(code, stream, text) {
-    stream.write(`${text}\n`, () => process.exit(code));
-}
-
 async function main([name, configText]) {
     const scenario = SCENARIOS[name];
     let config;
@@ -803,21 +448,17 @@ async function main([name, configText]) {
         config = null;
     }
     if (!scenario || !config || typeof config !== "object") {
-        exit(2, process.stderr, `usage: node multinode.mjs <${Object.keys(SCENARIOS).join("|")}> '<json config>'`);
+        usage(`node multinode.mjs <${Object.keys(SCENARIOS).join("|")}> '<json config>'`);
         return;
     }
-    setTimeout(() => exit(3, process.stderr, `FAIL ${name}: hard timeout after ${HARD_TIMEOUT_MS} ms`), HARD_TIMEOUT_MS);
-    const ctx = new Context(config);
-    try {
-        const result = await scenario(ctx, config);
-        await ctx.closeAll();
-        exit(0, process.stdout, json({ scenario: name, ok: true, ...result }));
-    } catch (error) {
-        const reason = error instanceof ScenarioFailure ? error.message : error.stack;
-        const wire = ctx.wireTails();
-        await ctx.closeAll();
-        exit(1, process.stderr, `FAIL ${name}: ${reason}\nlast wire messages per client:\n${wire}`);
-    }
+    const ctx = new NodeContext(config);
+    await runScenario({
+        label: name,
+        hardTimeout: HARD_TIMEOUT_MS,
+        run: async () => ({ scenario: name, ok: true, ...(await scenario(ctx, config)) }),
+        close: () => ctx.closeAll(),
+        closeAfterFailure: () => ctx.closeAfterFailure(),
+    });
 }
 
 await main(process.argv.slice(2));

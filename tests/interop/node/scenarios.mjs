@@ -14,341 +14,37 @@
 // Environment: SCENARIO_WAIT_MS (default 10000) bounds each wait for a reply or a message;
 // SCENARIO_TIMEOUT_MS (default 30000, doubled for "ordered" and "rehandshake") bounds the whole run.
 
-import { Console } from "node:console";
-import { createInterface } from "node:readline";
-import { adapt } from "cometd-nodejs-client";
+import {
+    CLIENT_HEADER, Client, Context, Driver, Inbox, WAIT_MS, hardTimeoutMs, json, loadCometD, runScenario,
+    scenarioArguments,
+} from "./harness.mjs";
 
-// Every Client is a browser of its own, with its own cookie jar (for BAYEUX_BROWSER). The adapter's
-// default jar is shared by all CometD objects in the process, like the tabs of one browser: then
-// concurrent handshakes race for the browser cookie (the loser's session is refused with 402,
-// as CometD's Java server does too) and long-polls beyond the first get "multiple-clients" advice.
-// The adapter's cookie hooks are not told which client a request is for, so each client names
-// itself in a request header.
-const CLIENT_HEADER = "X-Interop-Client";
-const cookieJars = new Map();
+const { AckExtension } = await loadCometD();
 
-/** Cookie name -> "name=value" for one client. */
-function cookieJar(client) {
-    if (!cookieJars.has(client)) {
-        cookieJars.set(client, new Map());
-    }
-    return cookieJars.get(client);
-}
+const HARD_TIMEOUT_MS = hardTimeoutMs(30000);
 
-function requestCookieJar(uri) {
-    return cookieJar(uri.headers?.[CLIENT_HEADER] ?? "");
-}
-
-adapt({
-    cookies: {
-        storeCookie(uri, header, callback) {
-            const nameValue = header.split(";")[0].trim();
-            const equals = nameValue.indexOf("=");
-            if (equals > 0) {
-                requestCookieJar(uri).set(nameValue.slice(0, equals), nameValue);
-            }
-            callback(null);
-        },
-        retrieveCookies(context, uri, callback) {
-            callback(null, [...requestCookieJar(uri).values()]);
-        },
-    },
-});
-window.console = new Console({ stdout: process.stderr, stderr: process.stderr });
-const { CometD, AckExtension } = await import("cometd");
-
-const TRANSPORTS = ["websocket", "long-polling"];
-const HARD_TIMEOUT_MS = Number(process.env.SCENARIO_TIMEOUT_MS || 30000);
-const WAIT_MS = Number(process.env.SCENARIO_WAIT_MS || 10000);
-const WIRE_TAIL = 25;
-
-class ScenarioFailure extends Error {}
-
-function check(condition, message) {
-    if (!condition) {
-        throw new ScenarioFailure(message);
-    }
-}
-
-function json(value) {
-    return JSON.stringify(value);
-}
-
-/** A plain-JSON copy of a message; drops the transport objects the client attaches to failures. */
-function copy(message) {
-    const seen = new WeakSet();
-    return JSON.parse(JSON.stringify(message, (key, value) => {
-        if (value instanceof Error) {
-            return String(value);
-        }
-        if (typeof value === "object" && value !== null) {
-            if (key === "transport" || seen.has(value)) {
-                return undefined;
-            }
-            seen.add(value);
-        }
-        return value;
-    }));
-}
-
-/** what: a description, or a function returning one when the deadline passes (to show the state then). */
-function withDeadline(promise, ms, what) {
-    let timer;
-    const expired = new Promise((_, reject) => {
-        timer = setTimeout(() => {
-            const description = (typeof what === "function" ? what() : what).slice(0, 2000);
-            reject(new ScenarioFailure(`timed out after ${ms} ms waiting for ${description}`));
-        }, ms);
-    });
-    return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
-}
-
-/** Waits until condition() is true, re-checking whenever notify() is called. */
-class Condition {
-    #waiters = [];
-
-    until(condition, what, ms = WAIT_MS) {
-        if (condition()) {
-            return Promise.resolve();
-        }
-        const waiter = { condition };
-        const satisfied = new Promise((resolve) => {
-            waiter.resolve = resolve;
-            this.#waiters.push(waiter);
-        });
-        return withDeadline(satisfied, ms, what).finally(() => {
-            this.#waiters = this.#waiters.filter((other) => other !== waiter);
-        });
-    }
-
-    notify() {
-        this.#waiters = this.#waiters.filter((waiter) => {
-            if (waiter.condition()) {
-                waiter.resolve();
-                return false;
-            }
-            return true;
-        });
-    }
-}
-
-/** The messages one listener or subscription received, in arrival order. */
-class Inbox extends Condition {
-    messages = [];
-
-    constructor(label) {
-        super();
-        this.label = label;
-    }
-
-    push = (message) => {
-        this.messages.push(copy(message));
-        this.notify();
-    };
-
-    get data() {
-        return this.messages.map((message) => message.data);
-    }
-
-    get channels() {
-        return this.messages.map((message) => message.channel);
-    }
-
-    untilCount(count, ms = WAIT_MS) {
-        return this.until(() => this.messages.length >= count,
-            () => `${count} message(s) on ${this.label} (got ${this.messages.length})`, ms);
-    }
-
-    untilData(predicate, what, ms = WAIT_MS) {
-        return this.until(() => this.messages.some((message) => predicate(message.data)),
-            () => `${what} on ${this.label} (got ${json(this.data)})`, ms);
-    }
-}
-
-/**
- * A pass-through extension registered first, so it sees incoming messages as they came off the
- * wire and outgoing messages as they go onto it (after every other extension ran).
- */
-class WireTap extends Condition {
-    log = [];
-
-    incoming(message) {
-        this.#record("in", message);
-        return message;
-    }
-
-    outgoing(message) {
-        this.#record("out", message);
-        return message;
-    }
-
-    /** Channels of every message with data the server delivered to this client. */
-    deliveredChannels() {
-        return this.#matching("in", (m) => m.data !== undefined).map((m) => m.channel);
-    }
-
-    /** Messages with data the server delivered on channel, whether or not a listener got them. */
-    deliveries(channel) {
-        return this.#matching("in", (m) => m.channel === channel && m.data !== undefined);
-    }
-
-    replies(channel) {
-        return this.#matching("in", (m) => m.channel === channel && m.data === undefined);
-    }
-
-    requests(channel) {
-        return this.#matching("out", (m) => m.channel === channel);
-    }
-
-    tail(count = WIRE_TAIL) {
-        return this.log.slice(-count);
-    }
-
-    #record(dir, message) {
-        this.log.push({ dir, message: copy(message) });
-        this.notify();
-    }
-
-    #matching(dir, predicate) {
-        return this.log.filter((entry) => entry.dir === dir && predicate(entry.message)).map((entry) => entry.message);
-    }
-}
-
-/** An official CometD client plus promise-returning wrappers around its callback API. */
-class Client {
+/** A client of the scenario's server and transport; it names itself in CLIENT_HEADER, for its own cookies. */
+class ScenarioClient extends Client {
     constructor(name, { url, transport, ack = false }) {
-        this.name = name;
-        this.transport = transport;
-        this.cometd = new CometD(name);
-        this.tap = new WireTap();
-        this.cometd.registerExtension("wiretap", this.tap);
-        if (ack) {
-            this.cometd.registerExtension("ack", new AckExtension());
-        }
-        if (transport === "long-polling") {
-            this.cometd.unregisterTransport("websocket");
-        }
-        this.cometd.configure({ url, logLevel: "warn", requestHeaders: { [CLIENT_HEADER]: name } });
-        this.connects = new Inbox(`${name} /meta/connect`);
-        this.cometd.addListener("/meta/connect", this.connects.push);
-        this.handshakeReply = null;
-    }
-
-    get clientId() {
-        return this.cometd.getClientId();
-    }
-
-    /** The Cookie header this client's HTTP requests carry. */
-    get cookieHeader() {
-        return [...cookieJar(this.name).values()].join("; ");
-    }
-
-    get negotiatedTransport() {
-        const transport = this.cometd.getTransport();
-        return transport ? transport.type : null;
-    }
-
-    /** Handshakes, waits for the first successful /meta/connect and checks the transport. */
-    async handshake() {
-        const reply = await this.#request("/meta/handshake", (callback) => this.cometd.handshake(callback));
-        check(reply.successful === true, `${this.name}: handshake failed: ${json(reply)}`);
-        this.handshakeReply = reply;
-        await this.connects.until(() => this.connects.messages.some((m) => m.successful === true),
-            () => `${this.name}: first successful /meta/connect (got ${json(this.connects.messages)})`);
-        this.checkTransport();
-        return reply;
-    }
-
-    checkTransport() {
-        check(this.negotiatedTransport === this.transport,
-            `${this.name}: transport is ${this.negotiatedTransport}, expected ${this.transport}`);
-    }
-
-    /**
-     * Subscribes and resolves once the server acknowledged it; messages go to the given inbox.
-     * Only messages with data are kept: the client also notifies a "/**" subscription of its own
-     * /meta/* replies.
-     */
-    async subscribe(channel, inbox = new Inbox(`${this.name} ${channel}`)) {
-        let subscription;
-        const onMessage = (message) => message.data !== undefined && inbox.push(message);
-        const reply = await this.#request(`/meta/subscribe ${channel}`, (callback) => {
-            subscription = this.cometd.subscribe(channel, onMessage, callback);
+        super(name, {
+            url,
+            transport,
+            extensions: ack ? { ack: new AckExtension() } : {},
+            configure: { requestHeaders: { [CLIENT_HEADER]: name } },
         });
-        check(reply.successful === true, `${this.name}: subscribe to ${channel} failed: ${json(reply)}`);
-        return { subscription, inbox, reply };
-    }
-
-    async unsubscribe(subscription) {
-        const channel = subscription.channel;
-        const reply = await this.#request(`/meta/unsubscribe ${channel}`,
-            (callback) => this.cometd.unsubscribe(subscription, callback));
-        check(reply.successful === true, `${this.name}: unsubscribe from ${channel} failed: ${json(reply)}`);
-        return reply;
-    }
-
-    listen(channel) {
-        const inbox = new Inbox(`${this.name} listener ${channel}`);
-        this.cometd.addListener(channel, inbox.push);
-        return inbox;
-    }
-
-    /** Publishes and resolves with the server's acknowledgement (a reply without data). */
-    async publish(channel, data, timeout = WAIT_MS) {
-        const reply = await this.#request(`publish acknowledgement on ${channel}`,
-            (callback) => this.cometd.publish(channel, data, callback), timeout);
-        check(reply.successful === true, `${this.name}: publish to ${channel} failed: ${json(reply)}`);
-        return reply;
-    }
-
-    /** Resolves with the reply; the client itself fails the call with 406::timeout after WAIT_MS. */
-    remoteCall(target, data) {
-        return this.#request(`remote call ${target}`,
-            (callback) => this.cometd.remoteCall(target, data, WAIT_MS, callback), 2 * WAIT_MS);
-    }
-
-    disconnect() {
-        return this.#request("/meta/disconnect", (callback) => this.cometd.disconnect(callback));
-    }
-
-    /** Best-effort disconnect at the end of a scenario; never throws. */
-    async close() {
-        if (!this.cometd.isDisconnected()) {
-            await this.disconnect().catch(() => undefined);
-        }
-    }
-
-    #request(what, send, timeout = WAIT_MS) {
-        return withDeadline(new Promise((resolve) => send((reply) => resolve(copy(reply)))),
-            timeout, `${this.name}: reply to ${what}`);
     }
 }
 
 /** What a scenario gets: the clients it creates are checked and disconnected at the end. */
-class Context {
-    clients = [];
-    #id = `${process.pid.toString(36)}${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
-
+class ScenarioContext extends Context {
     constructor(url, transport) {
+        super();
         this.url = url;
         this.transport = transport;
     }
 
-    /** A channel name no other scenario run uses, e.g. /chat/room-lq3x9a. */
-    channel(prefix) {
-        return `${prefix}-${this.#id}`;
-    }
-
-    client(name, options = {}) {
-        const client = new Client(name, { url: this.url, transport: this.transport, ...options });
-        this.clients.push(client);
-        return client;
-    }
-
-    async connect(name, options = {}) {
-        const client = this.client(name, options);
-        await client.handshake();
-        return client;
+    createClient(name, options = {}) {
+        return new ScenarioClient(name, { url: this.url, transport: this.transport, ...options });
     }
 
     async connectMany(...names) {
@@ -360,16 +56,6 @@ class Context {
         for (const client of this.clients.filter((c) => !c.cometd.isDisconnected())) {
             client.checkTransport();
         }
-    }
-
-    async closeAll() {
-        await Promise.all(this.clients.map((client) => client.close()));
-    }
-
-    /** The last wire messages of every client, one line each: "alice <- {...}". */
-    wireTails() {
-        return this.clients.flatMap((client) => client.tap.tail().map(({ dir, message }) =>
-            `${client.name} ${dir === "in" ? "<-" : "->"} ${json(message)}`)).join("\n");
     }
 }
 
@@ -384,20 +70,6 @@ async function publishNumbered(publisher, channel, count, { extra = {}, timeout 
         acks.push(publisher.publish(channel, { seq, last: seq === count - 1, ...extra }, timeout));
     }
     return Promise.all(acks);
-}
-
-async function readLine(expected) {
-    const lines = createInterface({ input: process.stdin });
-    try {
-        for await (const line of lines) {
-            if (line.trim() === expected) {
-                return;
-            }
-        }
-        throw new ScenarioFailure(`stdin closed before "${expected}"`);
-    } finally {
-        lines.close();
-    }
 }
 
 // Scenarios: each returns the facts the Python test asserts on.
@@ -603,8 +275,10 @@ async function rehandshake(ctx) {
     await survivor.publish(channel, { phase: "before" });
     await inbox.untilCount(1);
 
-    process.stdout.write("READY\n");
-    await readLine("RESTARTED");
+    const driver = new Driver();
+    driver.say("READY");
+    // No deadline of its own: the driver restarts the server meanwhile (the hard timeout bounds it).
+    await driver.expect("RESTARTED", 2 * HARD_TIMEOUT_MS);
 
     const successful = () => handshakes.messages.filter((m) => m.successful);
     await handshakes.until(() => successful().length >= 2,
@@ -638,31 +312,24 @@ const SCENARIOS = {
     rehandshake: [rehandshake, 2 * HARD_TIMEOUT_MS],
 };
 
-function exit(code, stream, text) {
-    stream.write(`${text}\n`, () => process.exit(code));
-}
-
-async function main([name, url, transport]) {
-    const [scenario, hardTimeout] = SCENARIOS[name] ?? [];
-    if (!scenario || !url || !TRANSPORTS.includes(transport)) {
-        exit(2, process.stderr,
-            `usage: node scenarios.mjs <${Object.keys(SCENARIOS).join("|")}> <url> <${TRANSPORTS.join("|")}>`);
+async function main(args) {
+    const parsed = scenarioArguments("scenarios.mjs", SCENARIOS, args);
+    if (!parsed) {
         return;
     }
-    setTimeout(() => exit(3, process.stderr, `FAIL ${name} [${transport}]: hard timeout after ${hardTimeout} ms`),
-        hardTimeout);
-    const ctx = new Context(url, transport);
-    try {
-        const result = await scenario(ctx);
-        ctx.checkTransports();
-        await ctx.closeAll();
-        exit(0, process.stdout, json({ scenario: name, transport, ok: true, ...result }));
-    } catch (error) {
-        const reason = error instanceof ScenarioFailure ? error.message : error.stack;
-        const wire = ctx.wireTails();
-        await ctx.closeAll();
-        exit(1, process.stderr, `FAIL ${name} [${transport}]: ${reason}\nlast wire messages per client:\n${wire}`);
-    }
+    const { name, entry: [scenario, hardTimeout], url, transport } = parsed;
+    const ctx = new ScenarioContext(url, transport);
+    await runScenario({
+        label: `${name} [${transport}]`,
+        hardTimeout,
+        run: async () => {
+            const result = await scenario(ctx);
+            ctx.checkTransports();
+            return { scenario: name, transport, ok: true, ...result };
+        },
+        close: () => ctx.closeAll(),
+        closeAfterFailure: () => ctx.closeAfterFailure(),
+    });
 }
 
 await main(process.argv.slice(2));
