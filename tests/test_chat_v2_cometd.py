@@ -26,7 +26,8 @@ from chat.config import ChatConfig, ServiceConfig
 from chat.engine import ChatEngine
 from chat.model import ChatSession, Event
 from chat.passwords import hash_password
-from chat.store import MemoryChatStore
+from chat.redis_store import RedisChatStore
+from chat.store import ChatStore, MemoryChatStore
 from tests.conftest import PipelineClient, Started, connected_client, fast_options
 from tests.support.chat_cometd import (
     AGENT,
@@ -49,24 +50,34 @@ USER, PASSWORD = "user1", "pass1"
 # -- scaffolding ----------------------------------------------------------------------------
 
 
-class ProbeStore(MemoryChatStore):
-    """The memory store, recording the chats created, with a one-shot hook run when a
-    transcript is read (to commit something at that exact point)."""
+class Probe(ChatStore):
+    """A store (memory or Redis, mixed in below) recording the chats created, with a one-shot
+    hook run when a transcript is read (to commit something at that exact point)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.created: list[str] = []
-        self.before_events: Callable[[], Awaitable[object]] | None = None
+    created: list[str]
+    before_events: Callable[[], Awaitable[object]] | None = None
 
     async def create(self, session: ChatSession, events: list[Event]) -> None:
-        await super().create(session, events)
+        await super().create(session, events)  # type: ignore[safe-super]
         self.created.append(session.chat_id)
 
     async def events(self, chat_id: str, from_index: int = 1) -> list[Event]:
         hook, self.before_events = self.before_events, None
         if hook is not None:
             await hook()
-        return await super().events(chat_id, from_index)
+        return await super().events(chat_id, from_index)  # type: ignore[safe-super]
+
+
+class ProbeStore(Probe, MemoryChatStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.created = []
+
+
+class RedisProbeStore(Probe, RedisChatStore):
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(url, prefix=prefix)
+        self.created = []
 
 
 def chat_config(**options: Any) -> ChatConfig:
@@ -126,7 +137,7 @@ class Customer:
 class Gms:
     bayeux: BayeuxServer
     chat: ChatEngine
-    store: ProbeStore
+    store: Probe
     agents: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -172,17 +183,28 @@ class Gms:
 GmsFactory = Callable[..., Awaitable[Gms]]
 
 
-@pytest.fixture
-async def make_gms() -> AsyncIterator[GmsFactory]:
-    """`await make_gms(engine=None, store=None, **chat_options)`: a started GMS server."""
+@pytest.fixture(params=["memory", "redis"])
+async def make_gms(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[GmsFactory]:
+    """`await make_gms(engine=None, store=None, **chat_options)`: a started GMS server, on
+    each chat store (memory, and Redis as with `--redis`)."""
+
+    def default_store() -> Probe:
+        if request.param == "redis":
+            return RedisProbeStore(redis_server.url, prefix=f"cometd{id(request)}{len(made)}")
+        return ProbeStore()
+
+    made: list[object] = []
 
     async def make(
         engine: Engine | None = None,
-        store: ProbeStore | None = None,
+        store: Probe | None = None,
         options: BayeuxOptions | None = None,
         **chat_options: Any,
     ) -> Gms:
-        store = store or ProbeStore()
+        store = store or default_store()
+        made.append(store)
         app = create_app(options or fast_options(), engine, chat_config(**chat_options), store)
         gms = Gms(app[BAYEUX_SERVER], app[CHAT_ENGINE], store)
         await gms.bayeux.start()

@@ -24,7 +24,8 @@ from chat.app import CHAT_ENGINE, create_app
 from chat.config import ChatConfig, ServiceConfig
 from chat.engine import Cause, ChatEngine
 from chat.model import ChatSession, Event
-from chat.store import MemoryChatStore, StoreUnavailable
+from chat.redis_store import RedisChatStore
+from chat.store import ChatStore, MemoryChatStore, StoreUnavailable
 from tests.support.chat_rest import (
     ALIAS,
     NOT_FOUND,
@@ -37,6 +38,7 @@ from tests.support.chat_rest import (
     reply,
     secured_service,
 )
+from tests.support.redis_server import RedisServer
 
 SERVICE = "customer-support"
 PREVIEW = "preview"
@@ -86,17 +88,23 @@ def config() -> ChatConfig:
     )
 
 
-class FlakyStore(MemoryChatStore):
-    """A memory store that fails on demand, as Redis might."""
+class Flaky(ChatStore):
+    """A store (memory or Redis, mixed in below) that fails on demand, as Redis might."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.failure: Exception | None = None
+    failure: Exception | None = None
 
     async def load(self, chat_id: str) -> ChatSession | None:
         if self.failure is not None:
             raise self.failure
-        return await super().load(chat_id)
+        return await super().load(chat_id)  # type: ignore[safe-super]
+
+
+class FlakyMemoryStore(Flaky, MemoryChatStore):
+    pass
+
+
+class FlakyRedisStore(Flaky, RedisChatStore):
+    pass
 
 
 class AgentDesk:
@@ -113,13 +121,18 @@ class AgentDesk:
 class Env:
     http: Http
     chat: ChatEngine
-    store: FlakyStore
+    store: Flaky
     desk: AgentDesk
 
 
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    store = FlakyStore()
+@pytest.fixture(params=["memory", "redis"])
+async def env(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Env]:
+    """The REST API on each chat store: memory, and Redis (as with `--redis`)."""
+    store: Flaky = (
+        FlakyRedisStore(redis_server.url, prefix=f"rest{id(request)}")
+        if request.param == "redis"
+        else FlakyMemoryStore()
+    )
     app = create_app(config=config(), store=store)
     async with TestClient(TestServer(app)) as http:
         chat = app[CHAT_ENGINE]
