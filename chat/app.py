@@ -13,7 +13,7 @@ from aiohttp import web
 from bayeux import AckExtension, BayeuxOptions, BayeuxServer, Engine, TimesyncExtension, mount
 from bayeux.app import health
 
-from . import chat_files, chat_v2_cometd, chat_v2_rest, notification_api
+from . import agent_api, chat_files, chat_v2_cometd, chat_v2_rest, notification_api
 from .auth import BasicAuth, protected
 from .chat_files import DiskFileStore, FileStore
 from .chat_push import ChatPushNotifier
@@ -40,7 +40,9 @@ def create_app(
     store: ChatStore | None = None,
     storage: StorageBackend | None = None,
     files: FileStore | None = None,
+    agents: dict[str, str] | None = None,
 ) -> web.Application:
+    """`agents`: agent name -> password hash, besides the `[agents]` section's."""
     options = options or BayeuxOptions()
     bayeux = BayeuxServer(options, engine=engine)
     bayeux.security = GmsSecurityPolicy(bayeux)
@@ -60,6 +62,7 @@ def create_app(
     chat_v2_cometd.setup(bayeux, chat)
     _add_admin_apis(app, bayeux, config, storage or MemoryStorage())
     notification_api.setup(app, bayeux, config)
+    agent_api.setup(app, chat, config, agents, options)
     app.cleanup_ctx.append(_run_chat_engine)
     return app
 

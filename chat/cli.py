@@ -11,6 +11,7 @@ import sys
 from bayeux import BayeuxOptions
 from bayeux.app import add_engine_arguments, make_engine, run
 
+from .agents import RoutingSettings, agent_credentials, hash_cli_agents
 from .app import create_app
 from .chat_files import RedisFileStore
 from .config import load_config
@@ -43,6 +44,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="read a password on standard input, print its hash for a config file, and exit",
     )
+    parser.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="USER:PASSWORD",
+        help="an agent account for the agent API (repeatable; hashed at start-up), besides "
+        "the [agents] section's",
+    )
     add_engine_arguments(parser)
     args = parser.parse_args(argv)
     if args.hash_password:
@@ -52,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         options = BayeuxOptions.from_pairs(args.option)
         config = load_config(args.config)
+        agents = hash_cli_agents(args.agent)
+        args.agent = []  # keep no clear password around
+        agent_credentials(config.sections, agents)
+        RoutingSettings.from_sections(config.sections)
     except (TypeError, ValueError, OSError) as exc:
         parser.error(str(exc))
     logging.getLogger("gms").info("serving on http://%s:%d", args.host, args.port)
@@ -59,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     files = RedisFileStore(args.redis) if args.redis else None
     store = RedisChatStore(args.redis) if args.redis else None
     engine = make_engine(args.redis, args.node_id)
-    app = create_app(options, engine, config, store=store, storage=storage, files=files)
+    app = create_app(
+        options, engine, config, store=store, storage=storage, files=files, agents=agents
+    )
     run(app, args.host, args.port)
 
 
