@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -40,7 +41,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import psutil
-from bayeux_client import BayeuxClient, BayeuxError, Endpoint
+from bayeux_client import BayeuxClient, BayeuxError, Endpoint, ReplayClient
+from bench_redis import RedisServer, command_delta, per_publish
 from bench_stats import Histogram, Phase, PhaseCounters, Recorder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,9 +55,10 @@ SETUP_ERRORS = (BayeuxError, OSError, asyncio.TimeoutError)
 @dataclass
 class WorkerPlan:
     index: int
-    url: str
+    urls: list[str]  # one per server node
     transport: str
     subscriptions: list[list[str]]  # channels of each local client
+    nodes: list[int]  # index in urls of the node each local client connects to
     publishers: list[int]  # local clients that publish
     channels: list[str]  # channels publishers pick from at random
     rate_share: float  # fraction of each phase's total publish rate
@@ -89,8 +92,19 @@ def scenario_clients(args: argparse.Namespace) -> tuple[list[list[str]], list[bo
     return subs, [False] * args.clients, []
 
 
-def build_plans(args: argparse.Namespace, url: str, run_seconds: float) -> list[WorkerPlan]:
+def client_nodes(args: argparse.Namespace, clients: int, nodes: int) -> list[int]:
+    """The node of each client: round-robin, except a lone publisher (the fanout
+    scenario's) goes to ``--publisher-node``."""
+    placement = [index % nodes for index in range(clients)]
+    if args.scenario == "fanout":
+        placement[-1] = min(args.publisher_node, nodes) - 1
+    return placement
+
+
+def build_plans(args: argparse.Namespace, urls: list[str],
+                run_seconds: float) -> list[WorkerPlan]:
     subs, is_pub, channels = scenario_clients(args)
+    placement = client_nodes(args, len(subs), len(urls))
     order = list(range(len(subs)))
     if args.scenario == "fanout":  # the publisher goes alone to the last worker
         order = order[:-1]
@@ -103,8 +117,9 @@ def build_plans(args: argparse.Namespace, url: str, run_seconds: float) -> list[
     for index, share in enumerate(shares):
         local_pubs = [i for i, g in enumerate(share) if is_pub[g]]
         plans.append(WorkerPlan(
-            index=index, url=url, transport=args.transport,
-            subscriptions=[subs[g] for g in share], publishers=local_pubs, channels=channels,
+            index=index, urls=urls, transport=args.transport,
+            subscriptions=[subs[g] for g in share], nodes=[placement[g] for g in share],
+            publishers=local_pubs, channels=channels,
             rate_share=len(local_pubs) / total_pubs, message_size=args.message_size,
             batch=args.batch, max_backlog=args.max_backlog,
             connect_concurrency=args.connect_concurrency, setup_timeout=setup_timeout,
@@ -176,7 +191,7 @@ class Worker:
         self.plan = plan
         self.conn = conn
         self.recorder = Recorder()
-        self.endpoint = Endpoint.parse(plan.url)
+        self.endpoints = [Endpoint.parse(url) for url in plan.urls]
         self.clients: list[BayeuxClient | None] = []
         self._trace_out: TextIO | None = None  # --trace-file, closed by _close_all
 
@@ -207,8 +222,10 @@ class Worker:
         gate = asyncio.Semaphore(self.plan.connect_concurrency)
         deadline = time.time() + self.plan.setup_timeout
         self.clients = list(await asyncio.gather(
-            *(self._open_client(subs, gate, deadline, trace=self._tracer() if i == 0 else None)
-              for i, subs in enumerate(self.plan.subscriptions))))
+            *(self._open_client(self.endpoints[node], subs, gate, deadline,
+                                trace=self._tracer() if i == 0 else None)
+              for i, (subs, node) in enumerate(zip(self.plan.subscriptions, self.plan.nodes,
+                                                   strict=True)))))
 
     def _tracer(self) -> Callable[[str, bytes], None] | None:
         if not self.plan.trace_file:
@@ -223,13 +240,14 @@ class Worker:
 
         return trace
 
-    async def _open_client(self, channels: list[str], gate: asyncio.Semaphore, deadline: float,
+    async def _open_client(self, endpoint: Endpoint, channels: list[str],
+                           gate: asyncio.Semaphore, deadline: float,
                            trace: Callable[[str, bytes], None] | None) -> BayeuxClient | None:
         async with gate:
             for attempt in range(3):
                 if time.time() >= deadline:
                     break
-                client = BayeuxClient(self.endpoint, self.plan.transport, self.recorder,
+                client = BayeuxClient(endpoint, self.plan.transport, self.recorder,
                                       batch=self.plan.batch, trace=trace)
                 try:
                     async with asyncio.timeout(min(30.0, max(0.1, deadline - time.time()))):
@@ -389,33 +407,80 @@ def vm_hwm_kb(pid: int) -> int | None:
     return None
 
 
+def proc_cpu_seconds(proc: psutil.Process | None) -> float | None:
+    if proc is None:
+        return None
+    try:
+        times = proc.cpu_times()
+        return float(times.user + times.system)
+    except psutil.Error:
+        return None
+
+
+def precise_cpu_seconds(proc: psutil.Process | None) -> float | None:
+    """CPU time of every thread of ``proc`` from /proc/PID/task/*/schedstat (nanoseconds,
+    where cpu_times() counts 10 ms clock ticks): for windows of a few tens of ms. Threads
+    that exited are not counted, so only compare close readings."""
+    if proc is None:
+        return None
+    total = 0
+    try:
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just exited
+                total += int((task / "schedstat").read_text().split()[0])
+    except OSError:
+        return proc_cpu_seconds(proc)
+    return total / 1e9
+
+
+def proc_rss_kb(proc: psutil.Process | None) -> int | None:
+    if proc is None:
+        return None
+    try:
+        return int(proc.memory_info().rss // 1024)
+    except psutil.Error:
+        return None
+
+
+def taskset(cpus: list[int] | None, command: list[str]) -> list[str]:
+    if cpus and shutil.which("taskset"):
+        return ["taskset", "-c", ",".join(map(str, cpus)), *command]
+    return command
+
+
 class Server:
-    """The server under test: spawned (pinned with taskset) or attached by pid."""
+    """One server node under test: spawned (pinned with taskset) or attached by pid."""
 
     def __init__(self, url: str, pid: int | None, proc: subprocess.Popen[bytes] | None = None,
-                 command: list[str] | None = None, log: Path | None = None) -> None:
+                 command: list[str] | None = None, log: Path | None = None,
+                 name: str = "n1", cpus: list[int] | None = None) -> None:
         self.url = url
         self.pid = pid
         self.proc = proc
         self.command = command or []
         self.log = log
+        self.name = name
+        self.cpus = cpus
         self.process = psutil.Process(pid) if pid else None
 
     @classmethod
-    def spawn(cls, args: argparse.Namespace) -> Server:
+    def spawn(cls, args: argparse.Namespace, name: str, cpus: list[int],
+              redis_url: str | None = None) -> Server:
+        """``python -m MODULE`` on a free port; on the Redis engine as node ``name``."""
         port = free_port()
-        path = Endpoint.parse(args.url).path
+        path = Endpoint.parse(args.urls[0]).path
         command = [args.server_python, "-m", args.server_module, "--host", "127.0.0.1",
                    "--port", str(port)]
+        if redis_url:
+            command += ["--redis", redis_url, "--node-id", name]
         for option in args.server_option:
             command += ["--option", option]
-        if shutil.which("taskset"):
-            command = ["taskset", "-c", ",".join(map(str, args.server_cpus)), *command]
+        command = taskset(cpus, command)
         log = Path(f"/tmp/bayeux_bench_server_{port}.log")
         with log.open("wb") as out:
             proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-        server = cls(f"http://127.0.0.1:{port}{path}", proc.pid, proc, command, log)
+        server = cls(f"http://127.0.0.1:{port}{path}", proc.pid, proc, command, log, name, cpus)
         try:
             server.wait_healthy(port, 30.0)
         except BaseException:
@@ -424,12 +489,12 @@ class Server:
         return server
 
     @classmethod
-    def attach(cls, args: argparse.Namespace) -> Server:
-        pid = args.server_pid or find_listener(Endpoint.parse(args.url).port)
+    def attach(cls, url: str, pid: int | None, name: str) -> Server:
+        pid = pid or find_listener(Endpoint.parse(url).port)
         if pid is None:
-            print("warning: server pid unknown (use --server-pid): no server CPU/RSS figures",
+            print(f"warning: pid of {url} unknown (use --server-pid): no server CPU/RSS figures",
                   file=sys.stderr)
-        return cls(args.url, pid)
+        return cls(url, pid, name=name)
 
     def wait_healthy(self, port: int, timeout: float) -> None:
         deadline = time.time() + timeout
@@ -447,21 +512,7 @@ class Server:
         raise RuntimeError(f"server not healthy after {timeout:.0f}s")
 
     def rss_kb(self) -> int | None:
-        if self.process is None:
-            return None
-        try:
-            return int(self.process.memory_info().rss // 1024)
-        except psutil.Error:
-            return None
-
-    def cpu_seconds(self) -> float | None:
-        if self.process is None:
-            return None
-        try:
-            times = self.process.cpu_times()
-            return float(times.user + times.system)
-        except psutil.Error:
-            return None
+        return proc_rss_kb(self.process)
 
     def peak_rss_kb(self) -> int | None:
         return vm_hwm_kb(self.pid) if self.pid else None
@@ -478,76 +529,179 @@ class Server:
                 continue
 
 
+class Target:
+    """The server side of a run: one or more nodes, and the Redis they share (if any)."""
+
+    def __init__(self, nodes: list[Server], redis: RedisServer | None = None) -> None:
+        self.nodes = nodes
+        self.redis = redis
+
+    @classmethod
+    def spawn(cls, args: argparse.Namespace) -> Target:
+        """``--nodes`` nodes, each pinned to its ``--server-cpus``; with ``--redis`` first a
+        redis-server pinned to ``--redis-cpus``, and every node on the Redis engine."""
+        target = cls([])
+        try:
+            if args.redis:
+                target.redis = RedisServer.spawn(free_port(), args.redis_cpus)
+            for index in range(args.nodes):
+                target.nodes.append(Server.spawn(
+                    args, f"n{index + 1}", node_cpus(args, index),
+                    target.redis.url if target.redis else None))
+        except BaseException:
+            target.stop()
+            raise
+        return target
+
+    @classmethod
+    def attach(cls, args: argparse.Namespace) -> Target:
+        single = len(args.urls) == 1
+        nodes = [Server.attach(url, args.server_pid if single else None, f"n{index + 1}")
+                 for index, url in enumerate(args.urls)]
+        return cls(nodes, RedisServer.attach(args.redis_url) if args.redis_url else None)
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def processes(self) -> dict[str, psutil.Process | None]:
+        """Every sampled server-side process by name: the nodes (n1, n2, ...) and redis."""
+        procs = {node.name: node.process for node in self.nodes}
+        if self.redis is not None:
+            pid = self.redis.pid
+            try:
+                procs["redis"] = psutil.Process(pid) if pid else None
+            except psutil.Error:
+                procs["redis"] = None
+        return procs
+
+    def rss_kb(self) -> int | None:
+        """RSS of all nodes together (None if any is unknown)."""
+        values = [node.rss_kb() for node in self.nodes]
+        return None if any(v is None for v in values) else sum(v or 0 for v in values)
+
+    def describe(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "nodes": [{"name": n.name, "url": n.url, "pid": n.pid, "cpus": n.cpus,
+                       "command": n.command or None, "log": str(n.log) if n.log else None}
+                      for n in self.nodes]}
+        if self.redis is not None:
+            data["redis"] = {"url": self.redis.url, "pid": self.redis.pid,
+                             "command": self.redis.command or None}
+        return data
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+
 @dataclass
 class Snapshot:
     wall: float
-    server_cpu: float | None
+    proc_cpu: dict[str, float | None]  # CPU seconds of each server-side process (nodes, redis)
     client_cpu: float
     core_busy: list[float]  # user + nice + system + irq + softirq, per core
     core_irq: list[float]  # irq + softirq (loopback TCP work lands here, charged to no process)
     core_total: list[float]
+    redis_commands: dict[str, int] | None = None  # INFO commandstats calls, cumulative
 
 
 class Sampler:
-    """CPU snapshots at phase boundaries and RSS samples in between."""
+    """CPU (and Redis command) snapshots at phase boundaries and RSS samples in between."""
 
-    def __init__(self, server: Server, workers: list[int]) -> None:
-        self.server = server
+    def __init__(self, target: Target, workers: list[int], precise: bool = False) -> None:
+        self.target = target
+        self.cpu_seconds = precise_cpu_seconds if precise else proc_cpu_seconds
+        self.nodes = [node.name for node in target.nodes]
+        self.watched = target.processes()
         self.workers = [psutil.Process(pid) for pid in workers]
         self.workers.append(psutil.Process())  # the controller itself
-        self.max_rss_kb = 0
+        self.max_rss_kb: dict[str, int] = {}  # per process, and "nodes" for their sum
 
     def snapshot(self) -> Snapshot:
-        client = 0.0
-        for proc in self.workers:
-            try:
-                times = proc.cpu_times()
-                client += times.user + times.system
-            except psutil.Error:
-                pass
+        client = sum(self.cpu_seconds(proc) or 0.0 for proc in self.workers)
         cores = psutil.cpu_times(percpu=True)
         irq = [c.irq + c.softirq for c in cores]
         busy = [c.user + c.nice + c.system + i for c, i in zip(cores, irq, strict=True)]
         total = [b + c.idle + c.iowait for b, c in zip(busy, cores, strict=True)]
-        return Snapshot(time.time(), self.server.cpu_seconds(), client, busy, irq, total)
+        redis = self.target.redis
+        return Snapshot(time.time(),
+                        {name: self.cpu_seconds(proc) for name, proc in self.watched.items()},
+                        client, busy, irq, total,
+                        redis.command_counts() if redis is not None else None)
 
-    def sample_rss(self) -> int | None:
-        rss = self.server.rss_kb()
-        if rss is not None:
-            self.max_rss_kb = max(self.max_rss_kb, rss)
-        return rss
+    def sample_rss(self) -> dict[str, int]:
+        sample = {name: rss for name, proc in self.watched.items()
+                  if (rss := proc_rss_kb(proc)) is not None}
+        sample["nodes"] = sum(sample.get(name, 0) for name in self.nodes)
+        for name, rss in sample.items():
+            self.max_rss_kb[name] = max(self.max_rss_kb.get(name, 0), rss)
+        return sample
 
-    def watch_until(self, when: float, every: float = 0.25) -> int:
-        """Sample RSS until ``when``; return the max seen in that window (kB)."""
-        peak = 0
+    def watch_until(self, when: float, every: float = 0.25) -> dict[str, int]:
+        """Sample RSS until ``when``; return the max seen in that window (kB) by process."""
+        peak: dict[str, int] = {}
         for _ in range(int(max(0.0, when - time.time()) / every) + 2):
-            peak = max(peak, self.sample_rss() or 0)
+            for name, rss in self.sample_rss().items():
+                peak[name] = max(peak.get(name, 0), rss)
             left = when - time.time()
             if left <= 0:
                 break
             time.sleep(min(every, left))
         return peak
 
+    def rss_figures(self, peak: dict[str, int]) -> dict[str, Any]:
+        figures: dict[str, Any] = {
+            "server_rss_max_kb": peak.get("nodes") or None,
+            "node_rss_max_kb": [peak.get(name) for name in self.nodes]}
+        if "redis" in self.watched:
+            figures["redis_rss_max_kb"] = peak.get("redis")
+        return figures
 
-def cpu_figures(before: Snapshot, after: Snapshot) -> dict[str, Any]:
-    wall = max(1e-9, after.wall - before.wall)
-    figures: dict[str, Any] = {"client_cpu_pct": round((after.client_cpu - before.client_cpu)
-                                                       / wall * 100, 1)}
-    if after.server_cpu is not None and before.server_cpu is not None:
-        figures["server_cpu_pct"] = round((after.server_cpu - before.server_cpu) / wall * 100, 1)
-    figures["core_busy_pct"] = [
-        round((b1 - b0) / max(1e-9, t1 - t0) * 100, 1)
-        for b0, b1, t0, t1 in zip(before.core_busy, after.core_busy, before.core_total,
-                                  after.core_total, strict=True)]
-    figures["softirq_pct"] = round(sum(
-        (i1 - i0) / max(1e-9, t1 - t0) * 100
-        for i0, i1, t0, t1 in zip(before.core_irq, after.core_irq, before.core_total,
-                                  after.core_total, strict=True)), 1)
-    # CPU used by other processes on the machine: a noisy neighbour skews the figures
-    figures["other_cpu_pct"] = round(max(0.0, sum(figures["core_busy_pct"])
-                                         - figures["softirq_pct"] - figures["client_cpu_pct"]
-                                         - figures.get("server_cpu_pct", 0.0)), 1)
-    return figures
+    def cpu_figures(self, before: Snapshot, after: Snapshot) -> dict[str, Any]:
+        """CPU of each side in % of one core between two snapshots, and the Redis commands
+        run meanwhile."""
+        wall = max(1e-9, after.wall - before.wall)
+
+        def pct(b: float | None, a: float | None) -> float | None:
+            return None if a is None or b is None else round((a - b) / wall * 100, 1)
+
+        per_proc = {name: pct(before.proc_cpu.get(name), after.proc_cpu.get(name))
+                    for name in self.watched}
+        figures: dict[str, Any] = {"client_cpu_pct": pct(before.client_cpu, after.client_cpu)}
+        nodes = [per_proc[name] for name in self.nodes]
+        if nodes and all(v is not None for v in nodes):
+            figures["server_cpu_pct"] = round(sum(v or 0.0 for v in nodes), 1)
+        figures["node_cpu_pct"] = nodes
+        if "redis" in per_proc:
+            figures["redis_cpu_pct"] = per_proc["redis"]
+        figures["core_busy_pct"] = [
+            round((b1 - b0) / max(1e-9, t1 - t0) * 100, 1)
+            for b0, b1, t0, t1 in zip(before.core_busy, after.core_busy, before.core_total,
+                                      after.core_total, strict=True)]
+        figures["softirq_pct"] = round(sum(
+            (i1 - i0) / max(1e-9, t1 - t0) * 100
+            for i0, i1, t0, t1 in zip(before.core_irq, after.core_irq, before.core_total,
+                                      after.core_total, strict=True)), 1)
+        # CPU used by other processes on the machine: a noisy neighbour skews the figures
+        ours = sum(v or 0.0 for v in per_proc.values()) + (figures["client_cpu_pct"] or 0.0)
+        figures["other_cpu_pct"] = round(max(0.0, sum(figures["core_busy_pct"])
+                                             - figures["softirq_pct"] - ours), 1)
+        commands = command_delta(before.redis_commands, after.redis_commands)
+        if commands is not None:
+            figures["redis_commands"] = commands
+        return figures
+
+    def cpu_ms(self, before: Snapshot, after: Snapshot) -> dict[str, float | None]:
+        """CPU time (ms) each process used between two snapshots, and "client"."""
+        used: dict[str, float | None] = {
+            name: None if (a := after.proc_cpu.get(name)) is None
+            or (b := before.proc_cpu.get(name)) is None else round((a - b) * 1000, 1)
+            for name in self.watched}
+        used["client"] = round((after.client_cpu - before.client_cpu) * 1000, 1)
+        return used
 
 
 # ---------------------------------------------------------------------------
@@ -565,11 +719,11 @@ class RunResult:
 
 
 class Controller:
-    def __init__(self, args: argparse.Namespace, server: Server) -> None:
+    def __init__(self, args: argparse.Namespace, target: Target) -> None:
         self.args = args
-        self.server = server
+        self.target = target
         ctx = mp.get_context("spawn")
-        self.plans = build_plans(args, server.url, run_seconds(args))
+        self.plans = build_plans(args, target.urls, run_seconds(args))
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
         for plan in self.plans:
@@ -577,13 +731,14 @@ class Controller:
             proc = ctx.Process(target=worker_main, args=(plan, child_end), daemon=True)
             self.pipes.append(parent_end)
             self.procs.append(proc)
-        self.result = RunResult(args.scenario, settings(args, server))
+        self.result = RunResult(args.scenario, settings(args, target))
 
     def run(self) -> RunResult:
         if self.args.scenario == "idle":  # so lazy first-request allocations are not counted
-            run_loop(warm_up(self.server.url, self.args.transport))
+            for url in self.target.urls:
+                run_loop(warm_up(url, self.args.transport))
             time.sleep(0.5)
-        rss_before = self.server.rss_kb()
+        rss_before = self.target.rss_kb()
         for proc in self.procs:
             proc.start()
         try:
@@ -606,20 +761,19 @@ class Controller:
         if self.args.scenario == "idle":
             time.sleep(self.args.settle)
             self._record_idle_rss(rss_before, established)
-        sampler = Sampler(self.server, [p.pid for p in self.procs])
+        sampler = Sampler(self.target, [p.pid for p in self.procs])
         schedule = build_schedule(self.args, time.time() + 0.5)
         for pipe in self.pipes:
             pipe.send(("go", (schedule, dict(expected))))
         self._watch(sampler, schedule)
         results = self._gather("result", 30.0)
         if self.args.scenario == "idle":
-            self.result.totals["rss_end_kb"] = self.server.rss_kb()
+            self.result.totals["rss_end_kb"] = self.target.rss_kb()
         self._aggregate(schedule, results)
-        self.result.server.update(max_rss_kb=sampler.max_rss_kb or None,
-                                  vm_hwm_kb=self.server.peak_rss_kb())
+        self.result.server.update(server_figures(self.target, sampler))
 
     def _record_idle_rss(self, before: int | None, sessions: int) -> None:
-        after = self.server.rss_kb()
+        after = self.target.rss_kb()
         totals = self.result.totals
         totals.update(rss_before_kb=before, rss_after_kb=after)
         if before is not None and after is not None and sessions:
@@ -631,11 +785,10 @@ class Controller:
         for phase in schedule:
             peak = sampler.watch_until(phase.end_ns / 1e9)
             current = sampler.snapshot()
-            figures = cpu_figures(previous, current)
-            figures["server_rss_max_kb"] = peak or None
             self.result.phases.append({"phase": phase.name, "measured": phase.measured,
                                        "seconds": phase.seconds, "target_pub_rate": phase.rate,
-                                       **figures})
+                                       **sampler.cpu_figures(previous, current),
+                                       **sampler.rss_figures(peak)})
             previous = current
 
     def _aggregate(self, schedule: list[Phase], results: list[dict[str, Any]]) -> None:
@@ -646,6 +799,8 @@ class Controller:
         self._note_errors(results)
         for row, counters, phase in zip(self.result.phases, merged[1:-1], schedule, strict=True):
             row.update(phase_figures(counters, phase.seconds))
+            if "redis_commands" in row:
+                row["redis_per_publish"] = per_publish(row["redis_commands"], counters.published)
         total = PhaseCounters()
         for counters in merged:
             total.merge(counters)
@@ -664,7 +819,8 @@ class Controller:
             missing_pct=None if missing is None else round(missing * 100, 3),
             connects=total.connects,
             alive_at_end=sum(r["alive"] for r in results),
-            measured_latency_ms=latency_figures(measured.hist))
+            measured_latency_ms=latency_figures(measured.hist),
+            best_under_p99=best_rate(self.result.phases, self.args.p99_target))
 
     def _note_errors(self, reports: list[dict[str, Any]]) -> None:
         errors: Counter[str] = Counter()
@@ -728,13 +884,50 @@ def phase_figures(counters: PhaseCounters, seconds: float) -> dict[str, Any]:
             "latency_ms": latency_figures(counters.hist)}
 
 
-def settings(args: argparse.Namespace, server: Server) -> dict[str, Any]:
+def best_rate(phases: list[dict[str, Any]], p99_target_ms: float) -> dict[str, Any] | None:
+    """The highest-rate measured phase that kept up (>= 95% of its target publish rate and
+    of its expected deliveries) with p99 under the target; None if no phase did."""
+    best: dict[str, Any] | None = None
+    for row in phases:
+        p99 = row.get("latency_ms", {}).get("p99")
+        kept_up = (row.get("pub_rate", 0) >= 0.95 * row["target_pub_rate"]
+                   and row.get("delivered_rate", 0) >= 0.95 * row.get("expected_rate", 0))
+        if row["measured"] and p99 is not None and p99 < p99_target_ms and kept_up \
+                and (best is None or row["target_pub_rate"] > best["target_pub_rate"]):
+            best = row
+    if best is None:
+        return None
+    return {"p99_target_ms": p99_target_ms, "phase": best["phase"],
+            "target_pub_rate": best["target_pub_rate"], "pub_rate": best.get("pub_rate"),
+            "delivered_rate": best.get("delivered_rate"), "latency_ms": best.get("latency_ms")}
+
+
+def server_figures(target: Target, sampler: Sampler) -> dict[str, Any]:
+    """Run-wide memory figures: all nodes together (as one server's were), each node, Redis."""
+    nodes = [{"name": node.name, "max_rss_kb": sampler.max_rss_kb.get(node.name),
+              "vm_hwm_kb": node.peak_rss_kb()} for node in target.nodes]
+    peaks = [node["vm_hwm_kb"] for node in nodes]
+    figures: dict[str, Any] = {
+        "max_rss_kb": sampler.max_rss_kb.get("nodes") or None,
+        "vm_hwm_kb": None if None in peaks else sum(p or 0 for p in peaks),
+        "nodes": nodes}
+    if target.redis is not None:
+        figures["redis_max_rss_kb"] = sampler.max_rss_kb.get("redis")
+    return figures
+
+
+def settings(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     keys = ["transport", "clients", "rooms", "rooms_per_client", "rates", "message_size",
-            "batch", "duration", "warmup", "workers", "client_cpus", "label"]
+            "batch", "duration", "warmup", "workers", "client_cpus", "label", "events",
+            "channel", "replay_from", "repeat", "window", "p99_target"]
     data = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     data["uvloop"] = importlib.util.find_spec("uvloop") is not None
-    data.update(url=server.url, server_pid=server.pid, server_command=server.command or None,
-                server_cpus=args.server_cpus if args.spawn_server else None)
+    first = target.nodes[0]
+    data.update(url=first.url, server_pid=first.pid, server_command=first.command or None,
+                server_cpus=first.cpus, engine="redis" if target.redis else "memory",
+                node_count=len(target.nodes), publisher_node=args.publisher_node,
+                redis_cpus=args.redis_cpus if args.spawn_server and args.redis else None,
+                **target.describe())
     return data
 
 
@@ -751,6 +944,171 @@ async def warm_up(url: str, transport: str, sessions: int = 20) -> None:
                 client.publish(f"/warmup/{index}", {"t": time.time_ns()})
         finally:
             await client.close()
+
+
+# ---------------------------------------------------------------------------
+# Replay: publish durable events, then time their replay to new subscribers
+# ---------------------------------------------------------------------------
+def check_replay(events: list[tuple[int | None, Any, Any, int]], run: str, count: int,
+                 after: int) -> dict[str, Any]:
+    """Did every event arrive once, in replayId order? ``events`` as ReplayClient keeps
+    them; ``count`` events of ``run`` (seq 0..count-1) were published."""
+    ids = [e[0] for e in events]
+    numbered = [i for i in ids if isinstance(i, int)]
+    steps = list(itertools.pairwise(numbered))
+    seqs = [e[2] for e in events if e[1] == run]
+    problems: list[str] = []
+    figures: dict[str, Any] = {
+        "received": len(events), "of_this_run": len(seqs),
+        "first_id": numbered[0] if numbered else None,
+        "last_id": numbered[-1] if numbered else None,
+        "without_id": len(ids) - len(numbered),
+        "duplicates": len(numbered) - len(set(numbered)),
+        "out_of_order": sum(1 for a, b in steps if b <= a),
+        "gaps": sum(b - a - 1 for a, b in steps if b > a + 1),
+        "missing_of_run": count - len(set(seqs)),
+    }
+    for key in ("without_id", "duplicates", "out_of_order", "gaps", "missing_of_run"):
+        if figures[key]:
+            problems.append(f"{key} {figures[key]}")
+    if seqs != list(range(count)):
+        problems.append("this run's events not in publish order")
+    if after >= 0 and numbered and numbered[0] != after + 1:
+        problems.append(f"first replayId {numbered[0]}, expected {after + 1}")
+    figures.update(ok=not problems, problems=problems)
+    return figures
+
+
+class ReplayBench:
+    """The replay scenario, in the controller process: one client publishes ``--events``
+    durable events (at most ``--window`` unacknowledged), then ``--repeat`` fresh clients in
+    turn handshake with ``ext.replay`` and subscribe asking for every event after
+    ``--replay-from``; each is timed from the subscribe request to the arrival of the last
+    event, and checked (every event once, in replayId order)."""
+
+    def __init__(self, args: argparse.Namespace, target: Target) -> None:
+        self.args = args
+        self.target = target
+        self.endpoints = [Endpoint.parse(url) for url in target.urls]
+        self.run_id = f"{os.getpid()}-{time.time_ns()}"
+        self.deadline = time.time() + args.timeout * (args.repeat + 2)
+        self.result = RunResult("replay", settings(args, target))
+
+    def run(self) -> RunResult:
+        sampler = Sampler(self.target, [], precise=True)
+        start = sampler.snapshot()
+        run_loop(self._run(sampler))
+        whole = sampler.cpu_figures(start, sampler.snapshot())
+        self.result.totals["whole_run"] = {
+            k: whole.get(k) for k in ("server_cpu_pct", "node_cpu_pct", "redis_cpu_pct",
+                                      "client_cpu_pct", "softirq_pct", "other_cpu_pct")}
+        self.result.server.update(server_figures(self.target, sampler))
+        replays = [p for p in self.result.phases if p["phase"] != "publish"]
+        times = sorted(p["subscribe_to_last_ms"] for p in replays
+                       if p.get("subscribe_to_last_ms") is not None)
+        if times:
+            self.result.totals["replay_ms"] = {
+                "runs": len(times), "min": times[0], "median": times[len(times) // 2],
+                "max": times[-1]}
+        self.result.totals["all_ok"] = bool(replays) and all(
+            p.get("check", {}).get("ok") for p in replays)
+        return self.result
+
+    async def _run(self, sampler: Sampler) -> None:
+        if not await self._publish(sampler):
+            return
+        for index in range(self.args.repeat):
+            await self._replay(index, sampler)
+
+    def _error(self, kind: str, exc: BaseException) -> None:
+        self.result.errors[kind] = self.result.errors.get(kind, 0) + 1
+        self.result.samples.setdefault(kind, f"{type(exc).__name__}: {exc}"[:500])
+
+    async def _publish(self, sampler: Sampler) -> bool:
+        args = self.args
+        node = min(args.publisher_node, len(self.endpoints)) - 1
+        recorder = Recorder()
+        client = BayeuxClient(self.endpoints[node], args.transport, recorder, batch=args.batch)
+        padding = "x" * max(0, args.message_size - len('{"t":1700000000000000000,"p":""}'))
+        try:
+            async with asyncio.timeout(args.timeout):
+                await client.handshake()
+                await client.start(self.deadline)
+                sampler.sample_rss()
+                before = sampler.snapshot()
+                for first in range(0, args.events, args.window):
+                    for seq in range(first, min(first + args.window, args.events)):
+                        client.publish(args.channel, {"t": time.time_ns(), "p": padding,
+                                                      "run": self.run_id, "seq": seq})
+                        recorder.published(time.time_ns(), 0)
+                    await wait_until(lambda: recorder.outstanding() == 0)
+                after = sampler.snapshot()
+        except (BayeuxError, OSError, TimeoutError) as exc:
+            self._error("publish", exc)
+            return False
+        finally:
+            await client.close()
+        counters = recorder.counters[0]
+        row: dict[str, Any] = {
+            "phase": "publish", "measured": True, "node": node + 1,
+            "seconds": round(after.wall - before.wall, 3), "published": counters.published,
+            "acked": counters.acked, "failed": counters.failed,
+            "pub_rate": round(counters.published / max(1e-9, after.wall - before.wall), 1),
+            "cpu_ms": sampler.cpu_ms(before, after), **sampler.cpu_figures(before, after)}
+        if "redis_commands" in row:
+            row["redis_per_publish"] = per_publish(row["redis_commands"], counters.published)
+        self.result.phases.append(row)
+        if counters.acked != args.events:
+            self.result.errors["publish not acked"] = args.events - counters.acked
+            return False
+        return True
+
+    async def _replay(self, index: int, sampler: Sampler) -> None:
+        args = self.args
+        node = index % len(self.endpoints)
+        client = ReplayClient(self.endpoints[node], args.transport, Recorder(), args.channel)
+        row: dict[str, Any] = {"phase": f"replay {index + 1}", "measured": True,
+                               "node": node + 1}
+        try:
+            async with asyncio.timeout(args.timeout):
+                await client.handshake()
+                await client.start(self.deadline)
+                last = client.wait_for(self.run_id, args.events - 1)
+                before = sampler.snapshot()
+                start = time.time_ns()
+                await client.replay(args.replay_from)
+                replied = time.time_ns()
+                arrived = await last
+                after = sampler.snapshot()
+                await asyncio.sleep(args.drain)  # anything after the last event is a duplicate
+        except (BayeuxError, OSError, TimeoutError) as exc:
+            self._error("replay", exc)
+            row["check"] = check_replay(client.events, self.run_id, args.events,
+                                        args.replay_from)
+            self.result.phases.append(row)
+            return
+        finally:
+            await client.close()
+        received = len([e for e in client.events if e[3] <= arrived])
+        row.update(
+            subscribe_to_last_ms=round((arrived - start) / 1e6, 2),
+            subscribe_reply_ms=round((replied - start) / 1e6, 2),
+            first_event_ms=round((client.events[0][3] - start) / 1e6, 2),
+            events_per_s=round(received / max(1e-9, (arrived - start) / 1e9), 1),
+            seconds=round(after.wall - before.wall, 3),
+            check=check_replay(client.events, self.run_id, args.events, args.replay_from),
+            cpu_ms=sampler.cpu_ms(before, after), **sampler.cpu_figures(before, after))
+        self.result.phases.append(row)
+
+
+async def wait_until(condition: Callable[[], bool], every: float = 0.001,
+                     timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; TimeoutError after ``timeout`` seconds."""
+    for _ in range(int(timeout / every) + 1):
+        if condition():
+            return
+        await asyncio.sleep(every)
+    raise TimeoutError(f"condition not met in {timeout:.0f}s")
 
 
 # ---------------------------------------------------------------------------
@@ -799,16 +1157,20 @@ def mb(kb: int | None) -> str:
 
 def render(result: RunResult) -> str:
     s = result.settings
+    placement = " ".join(f"{n['name']}:{n.get('cpus')}" for n in s.get("nodes", []))
     lines = [f"== {result.scenario}: transport={s.get('transport')} clients={s.get('clients')} "
              f"workers={s.get('workers')} client_cpus={s.get('client_cpus')} "
-             f"server_pid={s.get('server_pid')} server_cpus={s.get('server_cpus')} "
+             f"engine={s.get('engine')} nodes={s.get('node_count')} ({placement}) "
+             f"redis_cpus={s.get('redis_cpus')} server_pid={s.get('server_pid')} "
              f"uvloop={s.get('uvloop')} url={s.get('url')}"]
     if result.scenario == "idle":
         lines += render_idle(result)
+    elif result.scenario == "replay":
+        lines += render_replay(result)
     else:
         lines += render_phases(result)
     t = result.totals
-    if result.scenario != "idle":
+    if result.scenario not in ("idle", "replay"):
         lines.append(
             f"totals: sessions {fmt(t.get('sessions'))} (setup failed {fmt(t.get('setup_failed'))})"
             f", published {fmt(t.get('published'))}, acked {fmt(t.get('acked'))}, failed "
@@ -818,35 +1180,116 @@ def render(result: RunResult) -> str:
             f"(missing {fmt(t.get('missing_pct'), 3)}%: lost or still in flight after the drain)"
             f", untimed {fmt(t.get('untimed'))}, "
             f"alive at end {fmt(t.get('alive_at_end'))}")
-    lines.append(f"server RSS: max sampled {mb(result.server.get('max_rss_kb'))} MB, "
-                 f"VmHWM (peak) {mb(result.server.get('vm_hwm_kb'))} MB")
+        best = t.get("best_under_p99")
+        lines.append(
+            f"highest rate with p99 < {fmt(s.get('p99_target'))} ms: "
+            + ("none" if best is None else
+               f"{best['phase']} (pub/s {fmt(best['pub_rate'], 0)}, delivered/s "
+               f"{fmt(best['delivered_rate'], 0)}, p50 {fmt(best['latency_ms']['p50'], 2)} / "
+               f"p99 {fmt(best['latency_ms']['p99'], 2)} ms)"))
+    server = result.server
+    per_node = ", ".join(f"{n['name']} {mb(n.get('max_rss_kb'))}/{mb(n.get('vm_hwm_kb'))}"
+                         for n in server.get("nodes", []))
+    lines.append(f"server RSS: max sampled {mb(server.get('max_rss_kb'))} MB, "
+                 f"VmHWM (peak) {mb(server.get('vm_hwm_kb'))} MB"
+                 + (f" (per node, sampled/peak MB: {per_node})" if len(s.get("nodes", [])) > 1
+                    else "")
+                 + (f"; redis {mb(server.get('redis_max_rss_kb'))} MB"
+                    if "redis_max_rss_kb" in server else ""))
     for kind, count in sorted(result.errors.items()):
         sample = result.samples.get(kind, "")
         lines.append(f"error: {kind} x{count}" + (f"  e.g. {sample[:200]}" if sample else ""))
     return "\n".join(lines)
 
 
+def cluster_run(result: RunResult) -> bool:
+    """Whether to show per-node and Redis columns."""
+    return result.settings.get("engine") == "redis" or result.settings.get("node_count", 1) > 1
+
+
+def node_cpus_text(row: dict[str, Any]) -> str:
+    return "/".join("-" if v is None else f"{v:.0f}" for v in row.get("node_cpu_pct", []))
+
+
 def render_phases(result: RunResult) -> list[str]:
+    cluster = cluster_run(result)
     head = (f"{'phase':<12}{'pub/s tgt':>10}{'pub/s':>10}{'deliv/s':>11}{'expect/s':>11}"
             f"{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}{'srv cpu%':>9}"
-            f"{'cli cpu%':>9}{'sirq%':>7}{'other%':>8}{'cores busy%':>13}{'srv rss MB':>11}"
-            f"{'conn/s':>9}")
+            + (f"{'node cpu%':>12}{'redis%':>8}" if cluster else "")
+            + f"{'cli cpu%':>9}{'sirq%':>7}{'other%':>8}{'cores busy%':>13}{'srv rss MB':>11}"
+            f"{'conn/s':>9}" + (f"{'cmd/pub':>9}" if cluster else ""))
     lines = [head]
     for p in result.phases:
         lat = p.get("latency_ms", {})
         cores = "/".join(f"{c:.0f}" for c in p.get("core_busy_pct", []))
         mark = "" if p["measured"] else "*"
+        cluster_cols = (f"{node_cpus_text(p):>12}{fmt(p.get('redis_cpu_pct')):>8}"
+                        if cluster else "")
+        per_pub = p.get("redis_per_publish", {}).get("total") if p.get("published") else None
         lines.append(
             f"{p['phase'] + mark:<12}{fmt(p['target_pub_rate'], 0):>10}"
             f"{fmt(p.get('pub_rate'), 0):>10}{fmt(p.get('delivered_rate'), 0):>11}"
             f"{fmt(p.get('expected_rate'), 0):>11}{fmt(lat.get('p50'), 2):>9}"
             f"{fmt(lat.get('p99'), 2):>9}{fmt(lat.get('p99.9'), 2):>10}{fmt(lat.get('max'), 1):>9}"
-            f"{fmt(p.get('server_cpu_pct')):>9}{fmt(p.get('client_cpu_pct')):>9}"
+            f"{fmt(p.get('server_cpu_pct')):>9}{cluster_cols}{fmt(p.get('client_cpu_pct')):>9}"
             f"{fmt(p.get('softirq_pct')):>7}{fmt(p.get('other_cpu_pct')):>8}{cores:>13}"
-            f"{mb(p.get('server_rss_max_kb')):>11}{fmt(p.get('connect_rate'), 0):>9}")
-    lines.append("(* = not measured: warmup/drain. cpu% is of one core. sirq% = kernel softirq"
-                 " time (loopback TCP), charged to no process. other% = other processes: when"
-                 " high, the machine was shared and the figures are skewed)")
+            f"{mb(p.get('server_rss_max_kb')):>11}{fmt(p.get('connect_rate'), 0):>9}"
+            + (f"{fmt(per_pub, 2):>9}" if cluster else ""))
+    lines.append("(* = not measured: warmup/drain. cpu% is of one core; srv cpu% = all nodes"
+                 " together. sirq% = kernel softirq time (loopback TCP), charged to no process."
+                 " other% = other processes: when high, the machine was shared and the figures"
+                 " are skewed)")
+    for p in result.phases:
+        if p["measured"] and "redis_per_publish" in p:
+            lines.append(f"redis commands per publish, {p['phase']}: "
+                         + render_per_publish(p["redis_per_publish"]))
+    return lines
+
+
+def render_per_publish(figures: dict[str, Any]) -> str:
+    groups = ", ".join(f"{g} {v:.3f}" for g, v in figures["groups"].items())
+    commands = ", ".join(f"{c} {v:.3f}" for c, v in figures["commands"].items())
+    return (f"{figures['total']:.3f} over {fmt(figures['publishes'])} publishes ({groups}; "
+            f"{commands})")
+
+
+def render_replay(result: RunResult) -> list[str]:
+    lines = []
+    for p in result.phases:
+        used = p.get("cpu_ms", {})
+        common = "cpu ms: " + ", ".join(f"{name} {fmt(ms)}" for name, ms in used.items())
+        if p["phase"] == "publish":
+            lines.append(
+                f"publish: {fmt(p.get('acked'))} of {fmt(p.get('published'))} durable publishes "
+                f"acked (failed {fmt(p.get('failed'))}) in {fmt(p.get('seconds'), 2)} s = "
+                f"{fmt(p.get('pub_rate'), 0)}/s via node {p.get('node')}; {common}")
+            if "redis_per_publish" in p:
+                lines.append("  redis commands per publish (script-internal ones counted too): "
+                             + render_per_publish(p["redis_per_publish"]))
+            continue
+        check = p.get("check", {})
+        verdict = "OK" if check.get("ok") else f"FAILED: {check.get('problems')}"
+        lines.append(
+            f"{p['phase']} via node {p.get('node')}: {fmt(check.get('received'))} events "
+            f"(ids {fmt(check.get('first_id'))}..{fmt(check.get('last_id'))}) in "
+            f"{fmt(p.get('subscribe_to_last_ms'), 1)} ms = {fmt(p.get('events_per_s'), 0)} "
+            f"events/s; subscribe reply at {fmt(p.get('subscribe_reply_ms'), 1)} ms, first event "
+            f"at {fmt(p.get('first_event_ms'), 1)} ms; {common}; check {verdict}")
+        if p.get("redis_commands"):
+            lines.append(f"  redis commands: {p['redis_commands']}")
+    whole = result.totals.get("whole_run")
+    if whole:
+        lines.append(
+            f"whole run (publish, replays, pauses): server cpu {fmt(whole['server_cpu_pct'])}% "
+            f"({node_cpus_text(whole)}), redis {fmt(whole.get('redis_cpu_pct'))}%, client "
+            f"{fmt(whole['client_cpu_pct'])}%, sirq {fmt(whole['softirq_pct'])}%, other "
+            f"{fmt(whole['other_cpu_pct'])}% (other processes: high means a shared machine)")
+    summary = result.totals.get("replay_ms")
+    if summary:
+        lines.append(f"subscribe -> last event: min {fmt(summary['min'], 1)} / median "
+                     f"{fmt(summary['median'], 1)} / max {fmt(summary['max'], 1)} ms over "
+                     f"{summary['runs']} replays; all checks "
+                     f"{'OK' if result.totals.get('all_ok') else 'NOT OK'}")
     return lines
 
 
@@ -893,6 +1336,25 @@ def cpu_list(text: str) -> list[int]:
     return cpus
 
 
+def node_cpu_lists(text: str) -> list[list[int]]:
+    """``0`` (every node on core 0) or ``0/1/0-1`` (node k on the k-th, cycling)."""
+    return [cpu_list(part) for part in text.split("/")]
+
+
+def node_cpus(args: argparse.Namespace, index: int) -> list[int]:
+    lists: list[list[int]] = args.server_cpus
+    return lists[index % len(lists)]
+
+
+def url_list(text: str) -> list[str]:
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    for url in urls:
+        Endpoint.parse(url)  # refuses anything but a local host
+    if not urls:
+        raise argparse.ArgumentTypeError("at least one URL")
+    return urls
+
+
 def rate_list(text: str) -> list[float]:
     rates = [float(r) for r in text.split(",") if r]
     if not rates or any(r < 0 for r in rates):
@@ -904,21 +1366,37 @@ def parser() -> argparse.ArgumentParser:
     default_python = REPO / ".venv" / "bin" / "python"
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("target")
-    g.add_argument("--url", default="http://127.0.0.1:8080/cometd",
-                   help="Bayeux endpoint (127.0.0.1 only); with --spawn-server only its path")
+    g.add_argument("--url", dest="urls", type=url_list,
+                   default=["http://127.0.0.1:8080/cometd"],
+                   help="Bayeux endpoint (127.0.0.1 only), or a comma list of one per node; "
+                   "with --spawn-server only its path")
     g.add_argument("--transport", choices=["websocket", "long-polling"], default="websocket")
     g.add_argument("--server-pid", type=int, help="pid to sample (default: who listens on port)")
     g.add_argument("--spawn-server", action="store_true",
                    help="start `python -m MODULE` pinned to --server-cpus, stop it afterwards")
     g.add_argument("--server-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed as --option KEY=VALUE to the spawned server (repeatable)")
-    g.add_argument("--server-cpus", type=cpu_list, default=[0],
-                   help="cores for the spawned server, e.g. 0 or 0-1 (default 0)")
+    g.add_argument("--server-cpus", type=node_cpu_lists, default=[[0]],
+                   help="cores for each spawned node, e.g. 0 or 0-1 (default 0); per node with "
+                   "'/': 0/1/0")
     g.add_argument("--server-module", default="bayeux",
                    help="module run as `python -m MODULE --host --port [--option]`")
     g.add_argument("--server-python", default=str(default_python if default_python.exists()
                                                   else sys.executable),
                    help="interpreter for the spawned server (default: the repo's .venv)")
+    g = common.add_argument_group("cluster (Redis engine)")
+    g.add_argument("--redis", action="store_true",
+                   help="with --spawn-server: spawn a redis-server (loopback, persistence off) "
+                   "and run the nodes on the Redis engine")
+    g.add_argument("--nodes", type=int, default=1,
+                   help="with --spawn-server --redis: server nodes sharing the Redis; clients "
+                   "connect to them round-robin (default 1)")
+    g.add_argument("--redis-cpus", type=cpu_list,
+                   help="cores for the spawned redis-server (default: the client cores)")
+    g.add_argument("--redis-url", help="without --spawn-server: the cluster's Redis "
+                   "(127.0.0.1), read for CPU and INFO commandstats")
+    g.add_argument("--publisher-node", type=int, default=1,
+                   help="node (1-based) of the fanout and replay publisher (default 1)")
     g = common.add_argument_group("load")
     g.add_argument("--clients", type=int,
                    help="simulated clients (default: fanout/cometd-bench 1000, idle 10000)")
@@ -933,6 +1411,8 @@ def parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("output")
     g.add_argument("--json", metavar="FILE", help="append one JSON line per run to FILE")
     g.add_argument("--label", default=None, help="free text stored with the JSON record")
+    g.add_argument("--p99-target", type=float, default=50.0,
+                   help="report the highest measured rate with p99 below this (ms, default 50)")
     g.add_argument("--trace-file", metavar="FILE",
                    help="append the wire exchange of one client (worker 0's first) to FILE")
 
@@ -969,6 +1449,25 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(warmup=0.0, drain=0.0, message_size=50, batch=1, max_backlog=1.0)
     p = sub.add_parser("probe", parents=[common],
                        help="one client: handshake, subscribe, publish; prints every frame")
+
+    p = sub.add_parser("replay", parents=[common],
+                       help="publish durable events, then time their replay to new clients")
+    p.add_argument("--events", type=int, default=10_000, help="durable events to publish")
+    p.add_argument("--channel", default="/events/x",
+                   help="durable channel (spawned servers get replay_channels=/events/** "
+                   "unless --server-option sets replay_channels)")
+    p.add_argument("--replay-from", type=int, default=0,
+                   help="replay id in the subscribe's ext.replay (events after it come back)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="replays, each by a fresh client (round-robin over the nodes)")
+    p.add_argument("--window", type=int, default=1000,
+                   help="most unacknowledged publishes while publishing the events")
+    p.add_argument("--batch", type=int, default=100, help="publishes per frame/POST")
+    p.add_argument("--message-size", type=int, default=50, help="bytes of JSON in each data")
+    p.add_argument("--drain", type=float, default=1.0,
+                   help="seconds to keep listening after the last event (duplicates show)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="bound on the publishing and on each replay (seconds)")
     return top
 
 
@@ -979,6 +1478,7 @@ SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
     "cometd-bench": {"clients": 1000, "rates": [900.0], "duration": 10.0},
     "idle": {"clients": 10000, "rates": [0.0], "duration": 10.0},
     "probe": {"clients": 1, "rates": [0.0], "duration": 2.0},
+    "replay": {"clients": 1, "rates": [0.0], "duration": 0.0},
 }
 
 
@@ -988,10 +1488,22 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, value)
     if args.clients < 1:
         raise SystemExit("--clients must be >= 1")
-    Endpoint.parse(args.url)  # refuses anything but a local host
+    if args.nodes < 1 or (args.nodes > 1 and not args.redis):
+        raise SystemExit("--nodes N > 1 needs --redis (nodes share fan-out through Redis)")
+    if args.redis and not args.spawn_server:
+        raise SystemExit("--redis spawns a Redis with the nodes: use it with --spawn-server "
+                         "(or --redis-url to read an existing cluster's Redis)")
+    if not args.spawn_server:
+        args.nodes = len(args.urls)
+    if args.scenario == "replay" and args.spawn_server and not any(
+            o.partition("=")[0].strip() == "replay_channels" for o in args.server_option):
+        args.server_option = [*args.server_option, "replay_channels=/events/**"]
     if args.client_cpus is None and args.spawn_server:
-        others = sorted(os.sched_getaffinity(0) - set(args.server_cpus))
+        used = {cpu for index in range(args.nodes) for cpu in node_cpus(args, index)}
+        others = sorted(os.sched_getaffinity(0) - used)
         args.client_cpus = others or None
+    if args.redis_cpus is None and args.redis:
+        args.redis_cpus = args.client_cpus
     if args.workers is None:
         args.workers = len(args.client_cpus) if args.client_cpus else 1
     args.workers = max(1, min(args.workers, args.clients))
@@ -1003,16 +1515,17 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile()
     if args.client_cpus:
         os.sched_setaffinity(0, args.client_cpus)
-    server = Server.spawn(args) if args.spawn_server else Server.attach(args)
+    target = Target.spawn(args) if args.spawn_server else Target.attach(args)
     try:
         if args.scenario == "probe":
-            run_loop(probe(server.url, args.transport, args.duration))
+            run_loop(probe(target.urls[0], args.transport, args.duration))
             return 0
-        result = Controller(args, server).run()
+        if args.scenario == "replay":
+            result = ReplayBench(args, target).run()
+        else:
+            result = Controller(args, target).run()
     finally:
-        server.stop()
-    if server.log is not None:
-        result.settings["server_log"] = str(server.log)
+        target.stop()
     print(render(result))
     if args.json:
         append_json(args.json, result)

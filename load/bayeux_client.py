@@ -474,26 +474,42 @@ class BayeuxClient:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._subscriptions: list[str] = []
+        self._handshake_ext: Message | None = None
+        self.handshake_reply: Message = {}
 
     # -- public API ----------------------------------------------------------
-    async def handshake(self) -> None:
+    async def handshake(self, ext: Message | None = None) -> None:
+        """Handshake (with ``ext``, kept for re-handshakes, e.g. ``{"replay": True}``)."""
+        if ext is not None:
+            self._handshake_ext = ext
         if self.transport == "websocket" and (self._ws is None or self._ws.transport is None):
             self._ws = await WsConnection.open(self.endpoint, self.jar, self._on_text,
                                                self._on_ws_close)
-        reply = await self._request({
+        message: Message = {
             "channel": "/meta/handshake", "version": "1.0", "minimumVersion": "1.0",
-            "supportedConnectionTypes": [self.transport]})
+            "supportedConnectionTypes": [self.transport]}
+        if self._handshake_ext is not None:
+            message["ext"] = self._handshake_ext
+        reply = await self._request(message)
         if not reply.get("successful") or not reply.get("clientId"):
             raise BayeuxError(f"handshake failed: {reply}")
+        self.handshake_reply = reply
         self.client_id = reply["clientId"]
         self._apply_advice(reply)
 
-    async def subscribe(self, channels: list[str]) -> None:
+    async def subscribe(self, channels: list[str], ext: Message | None = None,
+                        timeout: float | None = None) -> None:
+        """Subscribe to every channel in one batch; ``ext`` goes on each subscribe message
+        (e.g. ``{"replay": {"/events/x": 0}}``)."""
         if not channels:
             return
-        replies = await self._request_many([
+        messages: list[Message] = [
             {"channel": "/meta/subscribe", "clientId": self.client_id, "subscription": channel}
-            for channel in channels])
+            for channel in channels]
+        if ext is not None:
+            for message in messages:
+                message["ext"] = ext
+        replies = await self._request_many(messages, timeout)
         failed = [r for r in replies if not r.get("successful")]
         if failed:
             raise BayeuxError(f"subscribe failed: {failed[0]}")
@@ -673,7 +689,10 @@ class BayeuxClient:
             return
         if isinstance(messages, dict):
             messages = [messages]
-        now = time.time_ns()
+        self._dispatch(messages, time.time_ns())
+
+    def _dispatch(self, messages: list[Message], now: int) -> None:
+        """Count deliveries and route replies; subclasses look at deliveries first."""
         sink = self.sink
         for message in messages:
             data = message.get("data")
@@ -708,3 +727,56 @@ class BayeuxClient:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class ReplayClient(BayeuxClient):
+    """A client of durable channels (the replay extension): handshakes with
+    ``ext.replay: true`` and notes every event of ``channel`` as it arrives.
+
+    Each event is kept as ``(replayId, run, seq, arrival ns)`` (``run`` and ``seq`` are what
+    the benchmark's publisher put in the data; None for foreign events), so the caller can
+    check that every event arrived once, in replayId order.
+    """
+
+    def __init__(self, endpoint: Endpoint, transport: str, sink: Sink, channel: str,
+                 **kwargs: Any) -> None:
+        super().__init__(endpoint, transport, sink, **kwargs)
+        self.channel = channel
+        self.events: list[tuple[int | None, Any, Any, int]] = []
+        self._watch: tuple[Any, int, asyncio.Future[int]] | None = None
+
+    async def handshake(self, ext: Message | None = None) -> None:
+        await super().handshake({"replay": True, **(ext or {})})
+        reply_ext = self.handshake_reply.get("ext")
+        if not isinstance(reply_ext, dict) or reply_ext.get("replay") is not True:
+            raise BayeuxError(f"server did not negotiate replay: {self.handshake_reply}")
+
+    async def replay(self, after: int) -> None:
+        """Subscribe to the channel asking for every retained event after ``after``."""
+        await self.subscribe([self.channel], ext={"replay": {self.channel: after}},
+                             timeout=max(self.request_timeout, 60.0))
+
+    def wait_for(self, run: Any, seq: int) -> asyncio.Future[int]:
+        """A future set to the arrival time (ns) of event ``seq`` of ``run``."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        for _, event_run, event_seq, arrived in self.events:
+            if event_run == run and event_seq == seq:
+                future.set_result(arrived)
+                return future
+        self._watch = (run, seq, future)
+        return future
+
+    def _dispatch(self, messages: list[Message], now: int) -> None:
+        events, channel, watch = self.events, self.channel, self._watch
+        for message in messages:
+            data = message.get("data")
+            if type(data) is not dict or message.get("channel") != channel:
+                continue
+            event = data.get("event")
+            replay_id = event.get("replayId") if type(event) is dict else None
+            run, seq = data.get("run"), data.get("seq")
+            events.append((replay_id, run, seq, now))
+            if watch is not None and run == watch[0] and seq == watch[1] \
+                    and not watch[2].done():
+                watch[2].set_result(now)
+        super()._dispatch(messages, now)
