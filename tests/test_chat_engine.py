@@ -8,9 +8,8 @@ Timers run every few milliseconds and idle timeouts are tenths of seconds, so th
 from __future__ import annotations
 
 import asyncio
-import io
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from chat.engine import CLIENT_REST, SYSTEM, Cause, ChatEngine
 from chat.model import ChatSession, Event
 from chat.redis_store import RedisChatStore
 from chat.store import ChatStore, MemoryChatStore
+from tests.support.closing import close_all
 from tests.support.processes import free_port
 from tests.support.redis_server import RedisServer
 
@@ -58,25 +58,6 @@ def config(secure_key_grace_s: float = 30, **service: Any) -> ChatConfig:
         services={SERVICE: ServiceConfig(SERVICE, **service)},
         secure_key_grace_s=secure_key_grace_s,
     )
-
-
-async def close_all(closers: list[Callable[[], Awaitable[None]]], limit: float = 10) -> None:
-    """Close everything, and fail (showing what every task is waiting on) rather than hang."""
-    try:
-        async with asyncio.timeout(limit):
-            for close in closers:
-                await close()
-    except TimeoutError:
-        stacks = io.StringIO()
-        for task in asyncio.all_tasks():
-            task.print_stack(file=stacks)
-        pytest.fail(f"closing took over {limit} s:\n{stacks.getvalue()}")
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture(params=["memory", "redis"])

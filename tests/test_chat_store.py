@@ -7,9 +7,8 @@ RedisChatStore (its own connections, as another node would have) on the same Red
 from __future__ import annotations
 
 import asyncio
-import io
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -17,29 +16,11 @@ from chat import model as m
 from chat.model import Binding, ChatSession, Event, Party
 from chat.redis_store import RedisChatStore
 from chat.store import ChatStore, MemoryChatStore, StoreUnavailable
+from tests.support.closing import close_all
 from tests.support.processes import free_port
 from tests.support.redis_server import RedisServer
 
 StoreFactory = Callable[[], Awaitable[ChatStore]]
-
-
-async def close_all(closers: list[Callable[[], Awaitable[None]]], limit: float = 10) -> None:
-    """Close everything, and fail (showing what every task is waiting on) rather than hang."""
-    try:
-        async with asyncio.timeout(limit):
-            for close in closers:
-                await close()
-    except TimeoutError:
-        stacks = io.StringIO()
-        for task in asyncio.all_tasks():
-            task.print_stack(file=stacks)
-        pytest.fail(f"closing took over {limit} s:\n{stacks.getvalue()}")
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture(params=["memory", "redis"])
