@@ -881,6 +881,8 @@ def phase_figures(counters: PhaseCounters, seconds: float) -> dict[str, Any]:
             "delivered": counters.delivered, "published": counters.published,
             "skipped": counters.skipped, "connects": counters.connects,
             "connect_rate": round(counters.connects * per_s, 1),
+            "deliveries_per_frame": round((counters.delivered + counters.untimed)
+                                          / counters.frames, 2) if counters.frames else None,
             "latency_ms": latency_figures(counters.hist)}
 
 
@@ -1177,7 +1179,8 @@ def render(result: RunResult) -> str:
             f"{fmt(t.get('publish_failed'))}, unacked {fmt(t.get('unacked'))}, skipped "
             f"{fmt(t.get('skipped'))}; delivered {fmt(t.get('delivered'))} of "
             f"{fmt(t.get('expected'))} expected for acked publishes "
-            f"(missing {fmt(t.get('missing_pct'), 3)}%: lost or still in flight after the drain)"
+            f"(missing {fmt(t.get('missing_pct'), 3)}%: lost or still in flight after the drain;"
+            f" below 0: publishes delivered before their ack came)"
             f", untimed {fmt(t.get('untimed'))}, "
             f"alive at end {fmt(t.get('alive_at_end'))}")
         best = t.get("best_under_p99")
@@ -1217,7 +1220,7 @@ def render_phases(result: RunResult) -> list[str]:
             f"{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'max ms':>9}{'srv cpu%':>9}"
             + (f"{'node cpu%':>12}{'redis%':>8}" if cluster else "")
             + f"{'cli cpu%':>9}{'sirq%':>7}{'other%':>8}{'cores busy%':>13}{'srv rss MB':>11}"
-            f"{'conn/s':>9}" + (f"{'cmd/pub':>9}" if cluster else ""))
+            f"{'conn/s':>9}{'dlv/frm':>9}" + (f"{'cmd/pub':>9}" if cluster else ""))
     lines = [head]
     for p in result.phases:
         lat = p.get("latency_ms", {})
@@ -1234,6 +1237,7 @@ def render_phases(result: RunResult) -> list[str]:
             f"{fmt(p.get('server_cpu_pct')):>9}{cluster_cols}{fmt(p.get('client_cpu_pct')):>9}"
             f"{fmt(p.get('softirq_pct')):>7}{fmt(p.get('other_cpu_pct')):>8}{cores:>13}"
             f"{mb(p.get('server_rss_max_kb')):>11}{fmt(p.get('connect_rate'), 0):>9}"
+            f"{fmt(p.get('deliveries_per_frame'), 2):>9}"
             + (f"{fmt(per_pub, 2):>9}" if cluster else ""))
     lines.append("(* = not measured: warmup/drain. cpu% is of one core; srv cpu% = all nodes"
                  " together. sirq% = kernel softirq time (loopback TCP), charged to no process."

@@ -45,6 +45,7 @@ class Sink(Protocol):
     def delivered_untimed(self, now_ns: int) -> None: ...
     def acked(self, now_ns: int, successful: bool, expected: int) -> None: ...
     def connected(self, now_ns: int) -> None: ...
+    def frame(self, now_ns: int) -> None: ...
     def error(self, kind: str, detail: str = "") -> None: ...
 
 
@@ -692,16 +693,21 @@ class BayeuxClient:
         self._dispatch(messages, time.time_ns())
 
     def _dispatch(self, messages: list[Message], now: int) -> None:
-        """Count deliveries and route replies; subclasses look at deliveries first."""
+        """Count deliveries (and frames or responses carrying any) and route replies;
+        subclasses look at deliveries first."""
         sink = self.sink
+        replies = 0
         for message in messages:
             data = message.get("data")
             if data is None:
+                replies += 1
                 self._on_reply(message, now)
             elif type(data) is dict and "t" in data:
                 sink.delivered(now, data["t"])
             else:
                 sink.delivered_untimed(now)
+        if replies < len(messages):
+            sink.frame(now)
 
     def _on_reply(self, message: Message, now: int) -> None:
         waiter = self._waiters.pop(message.get("id", ""), None)

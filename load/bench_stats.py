@@ -115,11 +115,12 @@ class PhaseCounters:
     acked_expected: int = 0  # deliveries the acknowledged publishes should cause
     failed: int = 0
     connects: int = 0
+    frames: int = 0  # websocket frames / HTTP responses that carried deliveries
     hist: Histogram = field(default_factory=Histogram)
 
     def merge(self, other: PhaseCounters) -> None:
         for name in ("delivered", "untimed", "published", "expected", "skipped", "acked",
-                     "acked_expected", "failed", "connects"):
+                     "acked_expected", "failed", "connects", "frames"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.hist.merge(other.hist)
 
@@ -211,6 +212,9 @@ class Recorder:
 
     def connected(self, now_ns: int) -> None:
         self.current(now_ns).connects += 1
+
+    def frame(self, now_ns: int) -> None:
+        self.current(now_ns).frames += 1
 
     def error(self, kind: str, detail: str = "") -> None:
         self.errors[kind] += 1
