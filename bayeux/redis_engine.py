@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -21,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis import asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from . import protocol as p
 from .engine import Engine, EngineUnavailable
@@ -45,6 +45,12 @@ class RedisEngine(Engine):
     Publishes from this node are delivered to local subscribers at once and sent to Redis in
     pipelined batches (one round trip per loop turn, in publish order); messages that come
     back from Redis carry their origin node, so a node never delivers its own twice.
+
+    A plain publish is accepted once it is queued for Redis (as CometD Oort and Faye accept
+    a publish once the node has it): the publisher's connection goes on with its next message
+    while the batch is written, which is what lets publishes coalesce. The queue is bounded
+    (`max_pending`) and refused while Redis is unhealthy; a batch that Redis fails to take is
+    logged with its size. Durable publishes wait for Redis, which assigns their replay ids.
     """
 
     def __init__(
@@ -76,8 +82,7 @@ class RedisEngine(Engine):
         self._healthy = False
         self._local_users: dict[str, int] = {}
         self._durable_channels: set[str] = set()
-        self._append_script: AsyncScript | None = None
-        self._trim_script: AsyncScript | None = None
+        self._scripts = _Scripts()
 
     # -- names ---------------------------------------------------------------------------
     def channel_topic(self, pattern: str) -> bytes:
@@ -100,8 +105,6 @@ class RedisEngine(Engine):
             self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=0
         )
         self._pubsub = self._redis.pubsub()
-        self._append_script = self._redis.register_script(_APPEND_EVENT)
-        self._trim_script = self._redis.register_script(_TRIM_BY_AGE)
         self._tasks = [
             asyncio.create_task(self._write_forever(), name="bayeux-redis-writer"),
             asyncio.create_task(self._read_forever(), name="bayeux-redis-reader"),
@@ -138,12 +141,12 @@ class RedisEngine(Engine):
     async def publish(self, delivery: Delivery, exclude: str | None) -> None:
         self._check_healthy()
         self.server.dispatch_local(delivery, exclude)
-        await self._send(self.channel_topic(delivery.channel), delivery, exclude)
+        self._post(self.channel_topic(delivery.channel), delivery, exclude)
 
     async def deliver_to_user(self, user_id: str, delivery: Delivery) -> None:
         self._check_healthy()
         self.server.deliver_to_local_user(user_id, delivery)
-        await self._send(self.user_topic(user_id), delivery, None)
+        self._post(self.user_topic(user_id), delivery, None)
 
     async def deliver_to_session(self, node_id: str, client_id: str, delivery: Delivery) -> None:
         if node_id == self.node_id:
@@ -151,7 +154,7 @@ class RedisEngine(Engine):
             return
         self._check_healthy()
         topic = f"{self.prefix}:n:{node_id}".encode()
-        await self._send(topic, delivery, client_id)
+        self._post(topic, delivery, client_id)
 
     async def subscribed(self, pattern: str) -> None:
         await self._subscribe(self.channel_topic(pattern), pattern=p.is_wildcard(pattern))
@@ -199,8 +202,10 @@ class RedisEngine(Engine):
             self.server.options.replay_max_length,
             self._header(exclude, channel),
         ]
-        replay_id = await self._queue(_Command(self._append_script, (counter, stream), args))
-        return int(replay_id)
+        command = _Command(_APPEND_EVENT, (counter, stream), args, confirmed=True)
+        self._queue(command)
+        assert command.future is not None
+        return int(await command.future)
 
     async def history(self, channel: str, after: int) -> list[Delivery]:
         self._check_healthy()
@@ -277,49 +282,78 @@ class RedisEngine(Engine):
         return base + ":n", base + ":s"
 
     # -- writing -------------------------------------------------------------------------
-    async def _send(self, topic: bytes, delivery: Delivery, exclude: str | None) -> None:
-        """Queue a PUBLISH for the next pipelined batch and wait until Redis has it."""
+    def _post(self, topic: bytes, delivery: Delivery, exclude: str | None) -> None:
+        """Queue a PUBLISH for the next pipelined batch (accepted, not yet confirmed)."""
         payload = self._header(exclude, delivery.channel) + b" -" + _SEPARATOR + delivery.encoded
-        await self._queue(_Command(None, (), [topic, payload]))
+        self._queue(_Command(None, (), [topic, payload]))
 
     def _header(self, exclude: str | None, channel: str) -> bytes:
         """What receivers need before the message: origin node, excluded session, channel;
         the replay id (or `-`) follows."""
         return f"{self.node_id} {exclude or '-'} {channel}".encode()
 
-    async def _queue(self, command: _Command) -> Any:
+    def _queue(self, command: _Command) -> None:
         if len(self._pending) >= self.max_pending:
             raise EngineUnavailable("too many publishes waiting for Redis")
         self._pending.append(command)
         self._wake.set()
-        return await command.future
 
     async def _write_forever(self) -> None:
         """One writer, so publishes reach Redis in the order they were made."""
-        assert self._redis is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
                 batch = list(self._pending)
                 self._pending.clear()
-                try:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for command in batch:
-                            await command.add_to(pipe)
-                        results = await pipe.execute()
-                except (RedisError, OSError) as exc:
-                    self._mark_unhealthy(exc)
-                    for command in batch:
-                        _fail(command.future, "Redis is unavailable")
-                    continue
-                for command, result in zip(batch, results, strict=True):
-                    if not command.future.done():
-                        command.future.set_result(result)
+                await self._write(batch)
+
+    async def _write(self, batch: list[_Command]) -> None:
+        """One round trip for the batch. A script Redis does not know (first use, or Redis
+        restarted) is loaded and its commands sent again, in order, before anything newer."""
+        assert self._redis is not None
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for command in batch:
+                    command.add_to(pipe, self._scripts)
+                results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            self._mark_unhealthy(exc)
+            self._fail_batch(batch, "Redis is unavailable")
+            return
+        retry: list[_Command] = []
+        for command, result in zip(batch, results, strict=True):
+            if isinstance(result, NoScriptError) and command.script is not None:
+                retry.append(command)
+            elif isinstance(result, Exception):
+                command.fail(str(result))
+                log.error("Redis refused a write: %s", result)
+            else:
+                command.succeed(result)
+        if retry:
+            await self._load_scripts_then_write(retry)
+
+    async def _load_scripts_then_write(self, batch: list[_Command]) -> None:
+        assert self._redis is not None
+        try:
+            for source in {command.script for command in batch if command.script is not None}:
+                await self._redis.script_load(source)
+        except (RedisError, OSError) as exc:
+            self._mark_unhealthy(exc)
+            self._fail_batch(batch, "Redis is unavailable")
+            return
+        await self._write(batch)
+
+    def _fail_batch(self, batch: list[_Command], reason: str) -> None:
+        unconfirmed = sum(1 for command in batch if command.future is None)
+        if unconfirmed:
+            log.warning("%d accepted publishes did not reach Redis: %s", unconfirmed, reason)
+        for command in batch:
+            command.fail(reason)
 
     def _fail_pending(self, reason: str) -> None:
-        while self._pending:
-            _fail(self._pending.popleft().future, reason)
+        self._fail_batch(list(self._pending), reason)
+        self._pending.clear()
 
     # -- reading -------------------------------------------------------------------------
     async def _read_forever(self) -> None:
@@ -448,10 +482,11 @@ class RedisEngine(Engine):
 
     async def _trim_streams(self) -> None:
         """Drop events older than `replay_max_age` from the streams this node writes to."""
-        assert self._trim_script is not None
+        assert self._redis is not None
         max_age = self.server.options.replay_max_age
         for channel in list(self._durable_channels):
-            await self._trim_script(keys=[self.stream_keys(channel)[1]], args=[max_age])
+            stream = self.stream_keys(channel)[1]
+            await self._scripts.run(self._redis, _TRIM_BY_AGE, [stream], [max_age])
 
     def _mark_unhealthy(self, exc: BaseException) -> None:
         if self._healthy:
@@ -472,22 +507,57 @@ class RedisEngine(Engine):
 
 
 class _Command:
-    """One queued write: a PUBLISH, or a script call; its future gets Redis's answer."""
+    """One queued write: a PUBLISH, or a script call. A confirmed command has a future that
+    gets Redis's answer; a plain publish has none (it was accepted when queued)."""
 
     __slots__ = ("args", "future", "keys", "script")
 
-    def __init__(self, script: AsyncScript | None, keys: tuple[str, ...], args: list[Any]) -> None:
+    def __init__(
+        self, script: str | None, keys: tuple[str, ...], args: list[Any], confirmed: bool = False
+    ) -> None:
         self.script = script
         self.keys = keys
         self.args = args
-        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[Any] | None = (
+            asyncio.get_running_loop().create_future() if confirmed else None
+        )
 
-    async def add_to(self, pipe: Pipeline) -> None:
+    def add_to(self, pipe: Pipeline, scripts: _Scripts) -> None:
         if self.script is None:
             pipe.publish(*self.args)
         else:
-            # Buffered by the pipeline, which loads the script first if Redis lacks it.
-            await self.script(keys=list(self.keys), args=self.args, client=pipe)
+            pipe.evalsha(scripts.sha(self.script), len(self.keys), *self.keys, *self.args)
+
+    def succeed(self, result: Any) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(result)
+
+    def fail(self, reason: str) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_exception(EngineUnavailable(reason))
+
+
+class _Scripts:
+    """Lua scripts by source, sent as EVALSHA and loaded only when Redis answers NOSCRIPT
+    (redis-py's pipelines would ask SCRIPT EXISTS before every batch)."""
+
+    def __init__(self) -> None:
+        self._shas: dict[str, str] = {}
+
+    def sha(self, source: str) -> str:
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        return sha
+
+    async def run(
+        self, redis: aioredis.Redis, source: str, keys: list[Any], args: list[Any]
+    ) -> Any:
+        try:
+            return await redis.evalsha(self.sha(source), len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(source)
+            return await redis.evalsha(self.sha(source), len(keys), *keys, *args)
 
 
 # KEYS: replay-id counter, stream. ARGV: head, tail, pub/sub topic, max length, header.
@@ -520,7 +590,3 @@ end
 return removed
 """
 
-
-def _fail(future: asyncio.Future[Any], reason: str) -> None:
-    if not future.done():
-        future.set_exception(EngineUnavailable(reason))

@@ -182,3 +182,24 @@ async def test_non_durable_channels_ignore_replay_requests(make_node: NodeFactor
     assert reply["successful"] is True
     await client.publish("/chat/room", "hi")
     assert await receive(client, 1, "/chat/room") == ["hi"]
+
+
+@pytest.mark.parametrize("make_node", ["redis"], indirect=True)
+async def test_a_durable_publish_costs_one_script_call_and_survives_a_script_flush(
+    make_node: NodeFactory, redis_server: RedisServer
+) -> None:
+    """EVALSHA straight away (no SCRIPT EXISTS per batch); when Redis has forgotten the
+    script (a restart, SCRIPT FLUSH) the node loads it again and nothing is lost."""
+    server = await make_node()
+    client = await replaying_client(server)
+    await client.subscribe(DURABLE)
+    await publish_numbers(client, range(3))
+    redis_client = redis_server.client()
+    redis_client.script_flush()
+    redis_client.config_resetstat()
+    await publish_numbers(client, range(3, 23))
+    assert replay_ids(await receive(client, 23)) == list(range(1, 24))
+    stats = redis_client.info("commandstats")
+    script_calls = {k: v["calls"] for k, v in stats.items() if k.startswith("cmdstat_script")}
+    assert sum(script_calls.values()) == 1, script_calls  # one SCRIPT LOAD, after the flush
+    assert stats["cmdstat_evalsha"]["calls"] == 21  # 20, plus the one Redis refused
