@@ -27,6 +27,9 @@ META_DISCONNECT = "/meta/disconnect"
 LONG_POLLING = "long-polling"
 CALLBACK_POLLING = "callback-polling"
 WEBSOCKET = "websocket"
+CONNECTION_TYPE_ALIASES = {"cross-origin-long-polling": LONG_POLLING}
+"""Other clients' names for our transports: Faye's browser client calls its CORS long-polling
+`cross-origin-long-polling` (the same POSTs); a handshake offering it may use long-polling."""
 ALL_TRANSPORTS = (WEBSOCKET, LONG_POLLING, CALLBACK_POLLING)
 
 RECONNECT_RETRY = "retry"

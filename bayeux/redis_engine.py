@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from . import protocol as p
 from .engine import Engine, EngineUnavailable
+from .redis_client import open_redis
 from .replay import EventTemplate
 from .session import Delivery
 from .tasks import cancel_and_wait
@@ -101,9 +102,7 @@ class RedisEngine(Engine):
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, server: BayeuxServer) -> None:
         await super().start(server)
-        self._redis = aioredis.from_url(
-            self.url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=0
-        )
+        self._redis = open_redis(self.url)
         self._pubsub = self._redis.pubsub()
         self._tasks = [
             asyncio.create_task(self._write_forever(), name="bayeux-redis-writer"),

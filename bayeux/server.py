@@ -347,9 +347,9 @@ class BayeuxServer:
     async def _handshake(self, message: Message, context: RequestContext) -> Message:
         offered = message.get("supportedConnectionTypes")
         allowed = list(self.options.allowed_transports)
-        if isinstance(offered, list) and not {t for t in offered if isinstance(t, str)} & set(
-            allowed
-        ):
+        if isinstance(offered, list) and not {
+            p.CONNECTION_TYPE_ALIASES.get(t, t) for t in offered if isinstance(t, str)
+        } & set(allowed):
             return self._handshake_failure(
                 message, p.CONNECTION_TYPE_UNSUPPORTED, p.RECONNECT_NONE, allowed
             )

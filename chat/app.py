@@ -13,10 +13,21 @@ from aiohttp import web
 from bayeux import AckExtension, BayeuxOptions, BayeuxServer, Engine, TimesyncExtension, mount
 from bayeux.app import health
 
-from . import agent_api, chat_files, chat_v2_cometd, chat_v2_rest, notification_api
+from . import (
+    agent_api,
+    chat_files,
+    chat_v1,
+    chat_v1_cometd,
+    chat_v2_cometd,
+    chat_v2_rest,
+    notification_api,
+    service_api,
+    web_pages,
+)
 from .auth import BasicAuth, protected
 from .chat_files import DiskFileStore, FileStore
 from .chat_push import ChatPushNotifier
+from .chat_v1_cometd import ChatV1Comet
 from .config import ChatConfig
 from .engine import ChatEngine
 from .gms_user import GmsSecurityPolicy
@@ -31,6 +42,8 @@ COMETD_PATHS = ("/genesys/cometd", "/cometd")
 CHAT_ENGINE = web.AppKey("chat_engine", ChatEngine)
 PUSH_SERVICE = web.AppKey("push_service", PushService)
 STORAGE = web.AppKey("storage", StorageBackend)
+SERVICE_STORAGE = web.AppKey("service_storage", StorageBackend)
+CHAT_V1_COMET = web.AppKey("chat_v1_comet", ChatV1Comet)
 
 
 def create_app(
@@ -41,8 +54,10 @@ def create_app(
     storage: StorageBackend | None = None,
     files: FileStore | None = None,
     agents: dict[str, str] | None = None,
+    services: StorageBackend | None = None,
 ) -> web.Application:
-    """`agents`: agent name -> password hash, besides the `[agents]` section's."""
+    """`agents`: agent name -> password hash, besides the `[agents]` section's; `services`:
+    where Service API sessions live (a backend of their own, never the Storage API's)."""
     options = options or BayeuxOptions()
     bayeux = BayeuxServer(options, engine=engine)
     bayeux.security = GmsSecurityPolicy(bayeux)
@@ -62,7 +77,9 @@ def create_app(
     chat_v2_cometd.setup(bayeux, chat)
     _add_admin_apis(app, bayeux, config, storage or MemoryStorage())
     notification_api.setup(app, bayeux, config)
-    agent_api.setup(app, chat, config, agents, options)
+    agent_api.setup(app, chat, config, agents, options, bayeux.engine)
+    web_pages.setup(app)
+    _add_chat_v1(app, bayeux, chat, push, services or MemoryStorage())
     app.cleanup_ctx.append(_run_chat_engine)
     return app
 
@@ -77,6 +94,8 @@ async def _run_chat_engine(app: web.Application) -> AsyncIterator[None]:
             await observer.close()
     await app[PUSH_SERVICE].close()
     await app[STORAGE].close()
+    await app[CHAT_V1_COMET].close()
+    await app[SERVICE_STORAGE].close()
 
 
 def _add_admin_apis(
@@ -90,6 +109,20 @@ def _add_admin_apis(
     app.add_routes(storage_api.routes())
     app.add_routes(NodeApi(bayeux, auth, protected(auth_section, "node")).routes())
     app[STORAGE] = storage
+
+
+def _add_chat_v1(
+    app: web.Application,
+    bayeux: BayeuxServer,
+    chat: ChatEngine,
+    push: PushService,
+    services: StorageBackend,
+) -> None:
+    """The Service API, Chat API v1 on its sessions, and v1's CometD side (background state)."""
+    api = service_api.setup(app, chat.config, services)
+    chat_v1.setup(app, chat, api)
+    app[CHAT_V1_COMET] = chat_v1_cometd.setup(bayeux, chat, api, push)
+    app[SERVICE_STORAGE] = services
 
 
 def _cometd_connected(bayeux: BayeuxServer) -> Callable[[ChatSession], bool]:

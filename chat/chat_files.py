@@ -43,6 +43,8 @@ from aiohttp import BodyPartReader, hdrs, web
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from bayeux.redis_client import open_redis
+
 from . import errors as e
 from . import model as m
 from .chat_v2_rest import (
@@ -250,9 +252,7 @@ class RedisFileStore(FileStore):
     def __init__(self, url: str, prefix: str = "gms", pending_ttl_s: int = 3600) -> None:
         self.prefix = prefix
         self.pending_ttl_ms = pending_ttl_s * 1000
-        self._redis: aioredis.Redis = aioredis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5
-        )
+        self._redis: aioredis.Redis = open_redis(url)
 
     def key(self, blob: str) -> str:
         return f"{self.prefix}:file:{blob}"

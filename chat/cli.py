@@ -11,6 +11,7 @@ import sys
 from bayeux import BayeuxOptions
 from bayeux.app import add_engine_arguments, make_engine, run
 
+from .agent_api import ApiSettings
 from .agents import RoutingSettings, agent_credentials, hash_cli_agents
 from .app import create_app
 from .chat_files import RedisFileStore
@@ -65,15 +66,24 @@ def main(argv: list[str] | None = None) -> None:
         args.agent = []  # keep no clear password around
         agent_credentials(config.sections, agents)
         RoutingSettings.from_sections(config.sections)
+        ApiSettings.from_sections(config.sections)
     except (TypeError, ValueError, OSError) as exc:
         parser.error(str(exc))
     logging.getLogger("gms").info("serving on http://%s:%d", args.host, args.port)
     storage = RedisStorage(args.redis) if args.redis else None
     files = RedisFileStore(args.redis) if args.redis else None
     store = RedisChatStore(args.redis) if args.redis else None
+    services = RedisStorage(args.redis, prefix="gms-service") if args.redis else None
     engine = make_engine(args.redis, args.node_id)
     app = create_app(
-        options, engine, config, store=store, storage=storage, files=files, agents=agents
+        options,
+        engine,
+        config,
+        store=store,
+        storage=storage,
+        files=files,
+        agents=agents,
+        services=services,
     )
     run(app, args.host, args.port)
 

@@ -140,6 +140,9 @@ class ChatConfig:
     cometd_allow_new_chat_after_end: bool = False
     utc_time_resolution: str = "s"
     push_notification_to_active_client: bool = False
+    enable_fast_chat_transcript_refresh: bool = False
+    """Chat v1: each `transcriptToShow` row ends with the event's index, and REST replies
+    carry the transcript in comet mode too (`enable-fast-chat-transcript-refresh`)."""
     cors_allowed_origins: tuple[str, ...] = ("*",)
     """Sites whose pages may call the chat API (`*`: any; the origin is echoed)."""
     alias: str = "117"
@@ -208,10 +211,11 @@ def _apply(target: ChatConfig | ServiceConfig, values: dict[str, str], where: st
         if key.startswith(FILE_OPTION_PREFIX):
             _apply_file_option(target.file_options, key, raw, where)
             continue
-        known = fields.get(key)
-        if known is None or key in _NOT_OPTIONS:
+        name = key.replace("-", "_")  # GMS spells some options with hyphens
+        known = fields.get(name)
+        if known is None or name in _NOT_OPTIONS:
             raise ValueError(f"{where}: unknown option {key!r}")
-        setattr(target, key, _convert(getattr(target, key), raw, f"{where} {key}"))
+        setattr(target, name, _convert(getattr(target, name), raw, f"{where} {key}"))
 
 
 def _apply_file_option(options: dict[str, str], key: str, raw: str, where: str) -> None:

@@ -14,7 +14,7 @@ import logging
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +37,8 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SYSTEM_NICKNAME = "system"
 
 Change = Callable[[ChatSession], list[Event]]
+TimerHandler = Callable[[str], Awaitable[None]]
+"""Called with the timer's subject when it is due; it must not raise."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class ChatEngine:
         self._timer_period = timer_period
         self._timer_task: asyncio.Task[None] | None = None
         self._locks: dict[str, _ChatLock] = {}
+        self.timer_handlers: dict[str, TimerHandler] = {}
+        """Timer kind -> handler, for timers other modules keep in the chat store (the agent
+        router's offers and logouts): they are claimed by one node like the chat's own."""
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -155,8 +160,10 @@ class ChatEngine:
         cause: Cause = CLIENT_REST,
         binding: Binding | None = None,
         push: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Outcome:
-        """Create a chat with the client's ParticipantJoined (index 1)."""
+        """Create a chat with the client's ParticipantJoined (index 1); `extra` is the
+        per-chat state of the API surface that created it (Chat v1's, for instance)."""
         service = self.service(service_name)
         problems = request_problems(service, nickname, first_name, last_name, subject, email)
         if problems:
@@ -177,6 +184,7 @@ class ChatEngine:
             binding=binding,
             push=push,
             last_message_at=m.now_ms(),
+            extra=dict(extra or {}),
         )
         joined = self.event(m.PARTICIPANT_JOINED, session.client)
         self._number(session, [joined])
@@ -500,6 +508,10 @@ class ChatEngine:
                 log.exception("chat timers failed")
 
     async def _fire(self, chat_id: str, kind: str) -> None:
+        handler = self.timer_handlers.get(kind)
+        if handler is not None:
+            await handler(chat_id)
+            return
         try:
             if kind == IDLE_ALERT_TIMER:
                 await self._idle_alert(chat_id)

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import orjson
-from redis import asyncio as aioredis
 from redis.exceptions import RedisError
+
+from bayeux.redis_client import open_redis
 
 from .store import StoreUnavailable
 
@@ -225,7 +226,7 @@ class RedisSubscriptions(SubscriptionStore):
 
     def __init__(self, url: str, prefix: str = "gms") -> None:
         self.base = f"{prefix}:notification"
-        self._redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._redis = open_redis(url)
         self._add = self._redis.register_script(_ADD)
         self._delete = self._redis.register_script(_DELETE)
 

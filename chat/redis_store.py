@@ -31,6 +31,8 @@ import orjson
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from bayeux.redis_client import open_redis
+
 from .model import ChatSession, Event
 from .store import ChatStore, StoreUnavailable
 
@@ -46,9 +48,7 @@ class RedisChatStore(ChatStore):
     def __init__(self, url: str, prefix: str = "gms") -> None:
         self.url = url
         self.prefix = prefix
-        self._redis: aioredis.Redis = aioredis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=0
-        )
+        self._redis: aioredis.Redis = open_redis(url)
         self._create = self._redis.register_script(_CREATE)
         self._commit = self._redis.register_script(_COMMIT)
         self._retire = self._redis.register_script(_RETIRE)

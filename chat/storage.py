@@ -10,8 +10,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import orjson
-from redis import asyncio as aioredis
 from redis.exceptions import RedisError
+
+from bayeux.redis_client import open_redis
 
 from .store import StoreUnavailable
 
@@ -91,7 +92,7 @@ class RedisStorage(StorageBackend):
 
     def __init__(self, url: str, prefix: str = "gms") -> None:
         self.prefix = prefix
-        self._redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._redis = open_redis(url)
 
     async def close(self) -> None:
         await self._redis.aclose()

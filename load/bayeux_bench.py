@@ -475,6 +475,7 @@ class Server:
             command += ["--redis", redis_url, "--node-id", name]
         for option in args.server_option:
             command += ["--option", option]
+        command += getattr(args, "server_args", [])  # e.g. chat_bench's --config
         command = taskset(cpus, command)
         log = Path(f"/tmp/bayeux_bench_server_{port}.log")
         with log.open("wb") as out:
@@ -719,16 +720,20 @@ class RunResult:
 
 
 class Controller:
-    def __init__(self, args: argparse.Namespace, target: Target) -> None:
+    def __init__(self, args: argparse.Namespace, target: Target, plans: list[Any] | None = None,
+                 worker: Callable[[Any, Connection], None] = worker_main) -> None:
+        """``plans`` and ``worker`` let another benchmark (chat_bench) run its own workers
+        under the same process, phase and sampling machinery."""
         self.args = args
         self.target = target
         ctx = mp.get_context("spawn")
-        self.plans = build_plans(args, target.urls, run_seconds(args))
+        self.plans = (plans if plans is not None
+                      else build_plans(args, target.urls, run_seconds(args)))
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
         for plan in self.plans:
             parent_end, child_end = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(plan, child_end), daemon=True)
+            proc = ctx.Process(target=worker, args=(plan, child_end), daemon=True)
             self.pipes.append(parent_end)
             self.procs.append(proc)
         self.result = RunResult(args.scenario, settings(args, target))

@@ -13,6 +13,7 @@ import copy
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,12 +48,15 @@ class NodeChat:
         self._stderr_task = asyncio.create_task(self._drain(process.stderr))
 
     @classmethod
-    async def start(cls, scenario: str, url: str, transport: str) -> NodeChat:
+    async def start(
+        cls, scenario: str, url: str, transport: str, script: Path = SCRIPT
+    ) -> NodeChat:
+        """`script` (default node/chat.mjs) speaks the same line protocol (faye.mjs does)."""
         node = node_executable()
         assert node is not None
         process = await asyncio.create_subprocess_exec(
             node,
-            str(SCRIPT),
+            str(script),
             scenario,
             url,
             transport,

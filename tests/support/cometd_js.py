@@ -15,11 +15,13 @@ NODE_PROJECT = REPO_ROOT / "tests" / "interop" / "node"
 """The scripts and their node_modules (`npm ci` there installs them)."""
 
 
-def require_node_client(suite: str) -> None:
+def require_node_client(
+    suite: str, packages: Sequence[str] = ("cometd", "cometd-nodejs-client")
+) -> None:
     """Fails (never skips): CI installs Node and the npm packages through scripts/test."""
     if node_executable() is None:
         pytest.fail(f"node is not on PATH: {suite} need Node.js >= 20 (see scripts/test)")
-    for package in ("cometd", "cometd-nodejs-client"):
+    for package in packages:
         if not (NODE_PROJECT / "node_modules" / package / "package.json").is_file():
             pytest.fail(
                 f"npm package {package!r} is not installed in {NODE_PROJECT}/node_modules: "
