@@ -24,7 +24,7 @@ from tests.conftest import (
     fast_options,
 )
 from tests.interop.test_chat_js_client import Gms, NodeChat, gms, untimed
-from tests.support.chat_cometd import AGENT, CLIENT, DISCONNECT_REPLY, event, notification
+from tests.support.chat_cometd import question_and_answer
 from tests.support.cometd_js import NODE_PROJECT, require_node_client
 
 __all__ = ["gms"]  # the fixture, imported for the tests below
@@ -61,15 +61,7 @@ async def test_a_faye_client_does_bayeux_and_a_whole_chat(
     assert result["connectionTypes"] == [transport]
     assert result["room"] == [{"text": "hello from faye"}], "its own publication came back"
 
-    joined = {"from": CLIENT, "index": 1, "type": "ParticipantJoined"}
-    agent_joined = {"from": AGENT, "index": 3, "type": "ParticipantJoined"}
-    assert [untimed(data) for data in result["notifications"]] == [
-        notification(key, [joined], 2),
-        notification(key, [event("Message", CLIENT, 2, "I have a question")], 3),
-        notification(key, [agent_joined], 4),
-        notification(key, [event("Message", AGENT, 4, "How can I help?")], 5),
-        DISCONNECT_REPLY,
-    ]
+    assert [untimed(data) for data in result["notifications"]] == question_and_answer(key)
     assert result["replies"] == [result["notifications"][i] for i in (0, 1, 4)]
     # each operation's publish was acknowledged as a plain Bayeux publish
     ack = {"channel": CHANNEL, "successful": True}

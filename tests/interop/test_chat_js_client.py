@@ -26,7 +26,7 @@ from chat.chat_v2_cometd import CometdChat
 from chat.engine import ChatEngine
 from tests.conftest import Started, fast_options
 from tests.interop.test_cometd_js_client import SUITE
-from tests.support.chat_cometd import AGENT, CLIENT, DISCONNECT_REPLY, event, notification
+from tests.support.chat_cometd import AGENT, event, notification, question_and_answer
 from tests.support.cometd_js import NODE_PROJECT, require_node_client
 from tests.support.processes import node_executable
 
@@ -185,15 +185,7 @@ async def test_a_whole_chat_with_the_cometd_js_client(
     assert result["transport"] == transport
     ack = {"successful": True, "channel": "/service/chatV2/customer-support"}
     assert result["acks"] == [ack, ack, ack]
-    joined = {"from": CLIENT, "index": 1, "type": "ParticipantJoined"}
-    agent_joined = {"from": AGENT, "index": 3, "type": "ParticipantJoined"}
-    assert [untimed(data) for data in result["notifications"]] == [
-        notification(key, [joined], 2),
-        notification(key, [event("Message", CLIENT, 2, "I have a question")], 3),
-        notification(key, [agent_joined], 4),
-        notification(key, [event("Message", AGENT, 4, "How can I help?")], 5),
-        DISCONNECT_REPLY,
-    ]
+    assert [untimed(data) for data in result["notifications"]] == question_and_answer(key)
     assert result["replies"] == [result["notifications"][i] for i in (0, 1, 4)]
 
 

@@ -45,3 +45,17 @@ def notification(key: str | None, messages: list[Data], next_position: int, **fi
         "nextPosition": next_position,
         "monitored": False,
     } | fields
+
+
+def question_and_answer(key: str) -> list[Data]:
+    """What the client receives in the interop scripts' "flow": it joins, asks "I have a
+    question", the agent joins and answers "How can I help?", the client disconnects."""
+    joined = {"from": CLIENT, "index": 1, "type": "ParticipantJoined"}
+    agent_joined = {"from": AGENT, "index": 3, "type": "ParticipantJoined"}
+    return [
+        notification(key, [joined], 2),
+        notification(key, [event("Message", CLIENT, 2, "I have a question")], 3),
+        notification(key, [agent_joined], 4),
+        notification(key, [event("Message", AGENT, 4, "How can I help?")], 5),
+        DISCONNECT_REPLY,
+    ]
