@@ -1,9 +1,10 @@
 // The customer chat page: GMS Chat API v2 over CometD, with the official CometD client.
 //
-// One chat per page. Its secure key and transcript position live in sessionStorage, so a
-// page reload or a network loss resumes it with requestNotifications + transcriptPosition:
-// nothing is lost, and events seen twice are dropped by index. The ack extension makes the
-// CometD session's own delivery reliable across dropped connections too.
+// One chat per page. Its secure key (and ids) live in sessionStorage, so a page reload or a
+// network loss resumes it with requestNotifications + transcriptPosition: from 1 after a
+// reload (the page starts empty), from the last index seen + 1 otherwise. Nothing is lost,
+// and events seen twice are dropped by index. The ack extension makes the CometD session's
+// own delivery reliable across dropped connections too.
 
 import { AckExtension, CometD } from "/static/cometd/cometd.js";
 import {
@@ -27,7 +28,7 @@ const ui = {
 };
 const transcript = new Transcript(byId("transcript"), byId("typing"), (event) => event.from?.type === "Client");
 
-/** The chat being resumed or held: {secureKey, chatId, userId, alias, position}, or null. */
+/** The chat being resumed or held: {secureKey, chatId, userId, alias}, or null. */
 let chat = loadChat();
 let connected = false;
 let connectionBroken = false;
@@ -45,7 +46,6 @@ function saveChat() {
     if (chat === null) {
         sessionStorage.removeItem(STORAGE_KEY);
     } else {
-        chat.position = transcript.lastIndex + 1;
         sessionStorage.setItem(STORAGE_KEY, JSON.stringify(chat));
     }
 }
@@ -211,7 +211,7 @@ ui.start.addEventListener("submit", (event) => {
         showStatus(ui.status, "Please tell us your name.", true);
         return;
     }
-    chat = { secureKey: "", position: 1 };
+    chat = { secureKey: "" };
     showStatus(ui.status, "Starting your chat…");
     const fields = { nickname };
     for (const [name, key] of [["subject", "subject"], ["email", "emailAddress"]]) {

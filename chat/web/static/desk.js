@@ -75,10 +75,11 @@ function csrfHeaders() {
     return session?.csrf ? { [session.csrf.header]: session.csrf.token } : {};
 }
 
-async function api(method, path, body = undefined, headers = {}) {
+/** credentials "omit": no cookies either way (see logIn()). */
+async function api(method, path, body = undefined, headers = {}, credentials = "same-origin") {
     const init = {
         method,
-        credentials: "same-origin",
+        credentials,
         headers: { Accept: "application/json", "X-Requested-With": "XMLHttpRequest", ...headers },
     };
     if (body !== undefined) {
@@ -128,7 +129,7 @@ ui.login.addEventListener("submit", async (event) => {
     const user = String(form.get("username")).trim();
     session = { agent: user, csrf: null };
     try {
-        const data = await api("GET", "/me", undefined, { Authorization: basic(user, String(form.get("password"))) });
+        const data = await logIn(basic(user, String(form.get("password"))));
         ui.login.reset();
         await enterDesk(data.user);
     } catch (error) {
@@ -137,6 +138,16 @@ ui.login.addEventListener("submit", async (event) => {
         showStatus(ui.status, error.status === 401 ? "Wrong agent name or password." : `Log-in failed: ${error.message}`, true);
     }
 });
+
+/**
+ * Checks the password first without cookies: the API answers a wrong one with a Basic
+ * challenge, which on a request with credentials makes the browser ask for a password itself
+ * (over the page). Then the same request with cookies, which sets the session cookie.
+ */
+async function logIn(authorization) {
+    await api("GET", "/me", undefined, { Authorization: authorization }, "omit");
+    return api("GET", "/me", undefined, { Authorization: authorization });
+}
 
 async function enterDesk(user) {
     session.agent = user.userName;
