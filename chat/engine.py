@@ -107,7 +107,10 @@ class ChatEngine:
         chat_id = await self._store(self.store.find_by_secure_key(key))
         if chat_id is None:
             raise e.session_not_found()
-        return await self.load(chat_id, allow_ended)
+        session = await self.load(chat_id, allow_ended)
+        if not self._key_opens(session, key):  # a store may remember a key past its grace
+            raise e.session_not_found()
+        return session
 
     async def authenticate(
         self, chat_id: str, user_id: str, key: str, allow_ended: bool = False
@@ -126,10 +129,7 @@ class ChatEngine:
         return session
 
     async def load(self, chat_id: str, allow_ended: bool = False) -> ChatSession:
-        session = await self._store(self.store.load(chat_id))
-        if session is None or session.client_left or (session.ended and not allow_ended):
-            raise e.session_not_found()
-        return session
+        return _open(await self._store(self.store.load(chat_id)), allow_ended)
 
     def _key_opens(self, session: ChatSession, key: str) -> bool:
         if key == session.secure_key:
@@ -161,9 +161,11 @@ class ChatEngine:
         binding: Binding | None = None,
         push: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        join_text: str | None = None,
     ) -> Outcome:
         """Create a chat with the client's ParticipantJoined (index 1); `extra` is the
-        per-chat state of the API surface that created it (Chat v1's, for instance)."""
+        per-chat state of the API surface that created it (Chat v1's, for instance);
+        `join_text` replaces the standard join notice (Chat v1's `message`)."""
         service = self.service(service_name)
         problems = request_problems(service, nickname, first_name, last_name, subject, email)
         if problems:
@@ -186,7 +188,7 @@ class ChatEngine:
             last_message_at=m.now_ms(),
             extra=dict(extra or {}),
         )
-        joined = self.event(m.PARTICIPANT_JOINED, session.client)
+        joined = self.event(m.PARTICIPANT_JOINED, session.client, join_text)
         self._number(session, [joined])
         await self._store(self.store.create(session, [joined]))
         await self._store(self.store.index_secure_key(session.secure_key, session.chat_id))
@@ -246,12 +248,15 @@ class ChatEngine:
 
         return await self.change(chat_id, change, cause)
 
-    async def client_disconnect(self, chat_id: str, cause: Cause = CLIENT_REST) -> Outcome:
-        """The client leaves: its ParticipantLeft ends the chat and its credentials die."""
+    async def client_disconnect(
+        self, chat_id: str, cause: Cause = CLIENT_REST, text: str | None = None
+    ) -> Outcome:
+        """The client leaves: its ParticipantLeft (with `text` in place of the standard
+        notice, if given) ends the chat and its credentials die."""
 
         def change(session: ChatSession) -> list[Event]:
             session.client_left = True
-            left = [self.event(m.PARTICIPANT_LEFT, session.client)]
+            left = [self.event(m.PARTICIPANT_LEFT, session.client, text)]
             self._end(session, "client-disconnect")
             return left
 
@@ -383,9 +388,12 @@ class ChatEngine:
         backoff = RETRY_BACKOFF_S
         for _ in range(MAX_ATTEMPTS):
             async with self._lock(chat_id):
-                session = await self.load(chat_id, allow_ended)
-                before = session.to_record()
-                events = change(session)
+                try:
+                    recent = await self._store(self.store.load_for_change(chat_id))
+                    session, before, events = _applied(change, recent, allow_ended)
+                except e.ChatError:  # the copy this node kept may be stale: ask the store
+                    stored = await self._store(self.store.load(chat_id))
+                    session, before, events = _applied(change, stored, allow_ended)
                 if not events and session.to_record() == before:
                     return Outcome(session, [])  # nothing to write
                 self._number(session, events)
@@ -556,6 +564,23 @@ class ChatEngine:
 
 
 _ENDING = {m.PARTICIPANT_LEFT, m.IDLE_CLOSE}
+
+
+
+def _open(session: ChatSession | None, allow_ended: bool) -> ChatSession:
+    """A chat its client may still use (249 when unknown, left, or ended unless allowed)."""
+    if session is None or session.client_left or (session.ended and not allow_ended):
+        raise e.session_not_found()
+    return session
+
+
+def _applied(
+    change: Change, session: ChatSession | None, allow_ended: bool
+) -> tuple[ChatSession, dict[str, Any], list[Event]]:
+    """The chat changed, its record from before, and the change's new events."""
+    session = _open(session, allow_ended)
+    before = session.to_record()
+    return session, before, change(session)
 
 
 class _ChatLock:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import orjson
 from redis import asyncio as aioredis
@@ -42,6 +43,10 @@ T = TypeVar("T")
 
 _TIMER_SEPARATOR = "|"  # never in a chat id ([0-9A-Za-z])
 _MAX_CLAIM = 1000  # members one claim script unpacks at most (Lua's stack is bounded)
+RECENT = 10_000
+"""Chats (and secure keys) whose last known record (and chat id) a node keeps: a change or a
+secure-key lookup for them costs no read. Nodes are sticky, so a chat is mostly changed on
+one node; when another one changed it, the commit's version check sends us back to Redis."""
 
 
 class RedisChatStore(ChatStore):
@@ -54,6 +59,10 @@ class RedisChatStore(ChatStore):
         self._retire = self._redis.register_script(_RETIRE)
         self._expire_key = self._redis.register_script(_EXPIRE_KEY_IF_OPENS)
         self._claim = self._redis.register_script(_CLAIM_DUE)
+        self._recent = _Recent[tuple[bytes, int]]()
+        """chat id -> (record JSON, version) as last loaded or committed here."""
+        self._key_owners = _Recent[str]()
+        """secure key -> chat id; the engine checks that the key still opens the chat."""
 
     # -- names ---------------------------------------------------------------------------
     def chat_key(self, chat_id: str) -> str:
@@ -94,11 +103,15 @@ class RedisChatStore(ChatStore):
 
     async def load(self, chat_id: str) -> ChatSession | None:
         record, version = await self._call(self._redis.hmget(self.chat_key(chat_id), ["r", "v"]))
-        if record is None or version is None:
+        if not isinstance(record, bytes) or version is None:
+            self._recent.drop(chat_id)
             return None
-        session = ChatSession.from_record(orjson.loads(record))
-        session.version = int(version)
-        return session
+        self._recent.put(chat_id, (record, int(version)))
+        return _session(record, int(version))
+
+    async def load_for_change(self, chat_id: str) -> ChatSession | None:
+        recent = self._recent.get(chat_id)
+        return _session(*recent) if recent is not None else await self.load(chat_id)
 
     async def commit(
         self, session: ChatSession, expected_version: int, events: list[Event]
@@ -108,13 +121,16 @@ class RedisChatStore(ChatStore):
         record = session.to_record()
         record["version"] = new_version
         keys = [self.chat_key(session.chat_id), self.transcript_key(session.chat_id)]
-        args = [expected_version, _dumps(record), *_event_args(events)]
+        dumped = _dumps(record)
+        args = [expected_version, dumped, *_event_args(events)]
+        self._recent.drop(session.chat_id)  # until we know what Redis holds
         result = int(await self._call(self._commit(keys=keys, args=args)))
         if result == -1:
             raise ValueError(f"chat {session.chat_id}: event indexes do not follow the transcript")
         if result != 1:
             return False
         session.version = new_version
+        self._recent.put(session.chat_id, (dumped, new_version))
         return True
 
     async def events(self, chat_id: str, from_index: int = 1) -> list[Event]:
@@ -126,20 +142,32 @@ class RedisChatStore(ChatStore):
 
     # -- secure keys ---------------------------------------------------------------------
     async def find_by_secure_key(self, key: str) -> str | None:
-        chat_id = await self._call(self._redis.get(self.secure_key_key(key)))
-        return chat_id.decode() if isinstance(chat_id, bytes) else None
+        known = self._key_owners.get(key)
+        if known is not None:
+            return known
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.secure_key_key(key))
+            pipe.pttl(self.secure_key_key(key))
+            chat_id, ttl = await self._call(pipe.execute())
+        if not isinstance(chat_id, bytes):
+            return None
+        if ttl == -1:  # a key in its grace window or retired is never remembered
+            self._key_owners.put(key, chat_id.decode())
+        return chat_id.decode()
 
     async def index_secure_key(self, key: str, chat_id: str, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else max(int(ttl_s * 1000), 1)
         await self._call(self._redis.set(self.secure_key_key(key), chat_id, px=px))
 
     async def drop_secure_key(self, key: str) -> None:
+        self._key_owners.drop(key)
         await self._call(self._redis.delete(self.secure_key_key(key)))
 
     async def retire(self, chat_id: str, after_s: float) -> None:
         """Expire the chat's keys (and the secure keys that open it) `after_s` from now; a
         secure key that already expires sooner (a rotated one) keeps its earlier end."""
         ms = max(int(after_s * 1000), 0)
+        self._recent.drop(chat_id)
         keys = [self.chat_key(chat_id), self.transcript_key(chat_id)]
         record = await self._call(self._retire(keys=keys, args=[ms]))
         if not record:
@@ -177,6 +205,34 @@ class RedisChatStore(ChatStore):
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
+
+
+def _session(record: bytes, version: int) -> ChatSession:
+    session = ChatSession.from_record(orjson.loads(record))
+    session.version = version
+    return session
+
+
+class _Recent(Generic[T]):
+    """A map that keeps its `RECENT` most recently used entries."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, T] = OrderedDict()
+
+    def get(self, key: str) -> T | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, item: T) -> None:
+        self._items[key] = item
+        self._items.move_to_end(key)
+        if len(self._items) > RECENT:
+            self._items.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self._items.pop(key, None)
 
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value)

@@ -34,6 +34,11 @@ class ChatStore(ABC):
     @abstractmethod
     async def load(self, chat_id: str) -> ChatSession | None: ...
 
+    async def load_for_change(self, chat_id: str) -> ChatSession | None:
+        """The chat to change and commit: a store may answer from the copy it last loaded or
+        committed, since `commit` refuses a version that is no longer current."""
+        return await self.load(chat_id)
+
     @abstractmethod
     async def commit(
         self, session: ChatSession, expected_version: int, events: list[Event]
@@ -47,7 +52,8 @@ class ChatStore(ABC):
 
     @abstractmethod
     async def find_by_secure_key(self, key: str) -> str | None:
-        """The chat id a secure key opens, or None."""
+        """The chat id a secure key opens, or None. A store may remember an answer after
+        another node dropped the key (the engine checks the key against the chat)."""
 
     @abstractmethod
     async def index_secure_key(self, key: str, chat_id: str, ttl_s: float | None = None) -> None:

@@ -526,6 +526,29 @@ async def test_two_nodes_writing_one_chat_at_once_lose_nothing(make_engine: Engi
     assert sorted(seen) == list(range(1, 103))
 
 
+async def test_a_node_acts_on_the_chat_as_stored_not_as_it_last_saw_it(
+    make_engine: EngineFactory,
+) -> None:
+    """A node remembers the chats it changed (no read per change on Redis); when another
+    node changed one since, it still decides on the chat as stored: an agent who joined
+    elsewhere may speak here, one who left elsewhere may not, and nothing is lost."""
+    a, b = await make_engine(), await make_engine()
+    chat = (await new_chat(a)).chat_id
+    await a.client_event(chat, m.MESSAGE, "hello")  # a now remembers the chat
+    await b.agent_join(chat, "a1", "Bob")
+    said = await a.agent_event(chat, "a1", m.MESSAGE, "hi, Bob here")
+    assert said.events[0].index == 4
+    await b.agent_leave(chat, "a1", m.TRANSFER)
+    with pytest.raises(e.ChatError):
+        await a.agent_event(chat, "a1", m.MESSAGE, "still here?")
+    await a.client_event(chat, m.MESSAGE, "anyone?")
+    assert [(ev.index, ev.text) for ev in await stored(b, chat) if ev.type == m.MESSAGE] == [
+        (2, "hello"),
+        (4, "hi, Bob here"),
+        (6, "anyone?"),
+    ]
+
+
 async def test_a_timer_set_on_a_node_that_died_fires_on_another(
     make_engine: EngineFactory,
 ) -> None:
