@@ -2,7 +2,9 @@
 `/api/v2/notifications`.
 
 * `GET /api/v2/me` with Basic authentication answers the agent and sets a session cookie
-  (`JSESSIONID`); later requests authenticate with the cookie (or Basic again).
+  (`JSESSIONID`); later requests authenticate with the cookie (or Basic again). The login
+  behind the cookie (agent_logins.py) lasts `[agent-api] session_timeout_s` (8 hours) after
+  its last use; with `--redis` it is in Redis, so it works on every node.
 * CSRF (seed 004, "Cross Site Request Forgery Protection"): authenticated GET responses
   carry `X-CSRF-HEADER: X-CSRF-TOKEN` and `X-CSRF-TOKEN: <token>`, one token per HTTP
   session; every POST/PUT/DELETE authenticated by the session cookie, Bayeux long-polls at
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,32 +38,37 @@ from typing import Any
 from aiohttp import web
 
 from bayeux import BayeuxOptions, BayeuxServer, Engine, MemoryEngine, SecurityPolicy, mount
+from bayeux.engine import EngineUnavailable
 from bayeux.protocol import Message
 from bayeux.redis_engine import RedisEngine
 from bayeux.server import RequestContext
 from bayeux.session import ServerSession
 
 from . import model as m
+from .agent_logins import AgentLogin, LoginStore, MemoryLoginStore, RedisLoginStore
 from .agents import (
     CAPABILITIES,
+    FORBIDDEN,
     INVALID_INPUT,
     INVALID_STATE,
+    MISSING_PARAMETER,
+    NOT_AUTHENTICATED,
     NOT_READY,
     READY,
-    Router,
-    RoutingError,
+    UNAVAILABLE,
     RoutingSettings,
     agent_credentials,
     agent_resource,
     channel_resource,
-    chat_not_found,
     chat_resource,
+    seconds_option,
 )
 from .auth import BasicAuth, decode_basic
 from .config import ChatConfig, truthy
 from .engine import ChatEngine
 from .errors import ChatError
 from .redis_store import RedisChatStore
+from .routing import Router, RoutingError, chat_not_found
 from .routing_redis import RedisRoutingStore
 from .routing_store import MemoryRoutingStore, RoutingStore
 from .store import ChatStore, StoreUnavailable
@@ -73,11 +79,14 @@ SESSION_COOKIE = "JSESSIONID"
 CSRF_HEADER = "X-CSRF-TOKEN"
 API_SECTION = "agent-api"
 ME_CHANNELS = "/v2/me/"
-MISSING_PARAMETER = 1
-FORBIDDEN = 3
-NOT_AUTHENTICATED = 20
 MAX_URL_LENGTH = 2048
+DEFAULT_SESSION_TIMEOUT_S = 8 * 3600.0
+"""A working shift: REST calls and long-polls refresh a login, a websocket alone does not."""
 ROUTER = web.AppKey("agent_router", Router)
+AGENT_BAYEUX = web.AppKey("agent_bayeux", BayeuxServer)
+"""The agent side's own Bayeux server (the Node API drains it with the customers' one)."""
+LOGIN: web.RequestKey[AgentLogin | None] = web.RequestKey("agent_login")
+"""The login a request's session cookie names (or the one `GET /me` just opened)."""
 _CHANGES = ("POST", "PUT", "DELETE")
 
 
@@ -88,34 +97,30 @@ def user_key(name: str) -> str:
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """`[agent-api]`: `csrf` (true by default)."""
+    """`[agent-api]`: `csrf` (true by default), `session_timeout_s` (how long a login lasts
+    after its last use)."""
 
     csrf: bool = True
+    session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
 
     @classmethod
     def from_sections(cls, sections: dict[str, dict[str, str]]) -> ApiSettings:
         values = sections.get(API_SECTION, {})
-        unknown = set(values) - {"csrf"}
+        unknown = set(values) - {"csrf", "session_timeout_s"}
         if unknown:
             raise ValueError(f"[{API_SECTION}]: unknown option {sorted(unknown)[0]!r}")
-        return cls(csrf=truthy(values.get("csrf", "true")))
-
-
-@dataclass(frozen=True)
-class HttpSession:
-    """One agent login (the `JSESSIONID` cookie), with its CSRF token."""
-
-    token: str
-    name: str
-    csrf: str
+        timeout = seconds_option(
+            API_SECTION, values, "session_timeout_s", DEFAULT_SESSION_TIMEOUT_S
+        )
+        return cls(truthy(values.get("csrf", "true")), timeout)
 
 
 class AgentSessions:
-    """Who is logged in: HTTP sessions (in memory, on this node) and Basic credentials."""
+    """Who is logged in: logins (session cookies) and Basic credentials."""
 
-    def __init__(self, credentials: dict[str, str]) -> None:
+    def __init__(self, credentials: dict[str, str], logins: LoginStore) -> None:
         self.auth = BasicAuth(credentials, realm="GWS")
-        self.sessions: dict[str, HttpSession] = {}
+        self.logins = logins
 
     async def from_basic(self, header: str) -> str | None:
         decoded = decode_basic(header)
@@ -123,19 +128,6 @@ class AgentSessions:
             return None
         user, password = decoded
         return user if await self.auth.verify(user, password) else None
-
-    def from_cookie(self, token: str | None) -> HttpSession | None:
-        return self.sessions.get(token) if token else None
-
-    def open(self, name: str) -> HttpSession:
-        session = HttpSession(secrets.token_urlsafe(32), name, secrets.token_urlsafe(24))
-        self.sessions[session.token] = session
-        return session
-
-    def close_all(self, name: str) -> None:
-        """End every HTTP session of the agent: its cookies and CSRF tokens stop working."""
-        for token in [t for t, session in self.sessions.items() if session.name == name]:
-            del self.sessions[token]
 
 
 class AgentSecurityPolicy(SecurityPolicy):
@@ -150,8 +142,11 @@ class AgentSecurityPolicy(SecurityPolicy):
     async def can_handshake(
         self, session: ServerSession, message: Message, context: RequestContext
     ) -> bool:
-        http = self.sessions.from_cookie(context.cookies.get(SESSION_COOKIE))
-        name = http.name if http is not None else None
+        try:
+            login = await self.sessions.logins.find(context.cookies.get(SESSION_COOKIE))
+        except StoreUnavailable as exc:
+            raise EngineUnavailable(str(exc)) from exc
+        name = login.name if login is not None else None
         if name is None:
             name = await self.sessions.from_basic(context.headers.get("Authorization", ""))
         if name is None:
@@ -180,6 +175,7 @@ def setup(
     side shares routing and notifications across nodes too."""
     credentials = agent_credentials(config.sections, cli_agents)
     settings = ApiSettings.from_sections(config.sections)
+    logins = _login_store(chat.store, settings.session_timeout_s)
     agent_engine = _agent_engine(engine)
     router = Router(
         chat,
@@ -192,7 +188,7 @@ def setup(
         # Without agents there is nothing to route to (chats are then for other agent-side
         # integrations to pick up through the engine): no queue, no waiting message.
         router.attach()
-    sessions = AgentSessions(credentials)
+    sessions = AgentSessions(credentials, logins)
     bayeux = BayeuxServer(options or BayeuxOptions(), engine=agent_engine)
     bayeux.security = AgentSecurityPolicy(bayeux, sessions)
     _count_agent_sessions(bayeux, router)
@@ -204,7 +200,7 @@ def setup(
 
     router.notify = notify
     api = _AgentApi(chat, router, sessions, bayeux)
-    sub = web.Application(middlewares=[_csrf_middleware(sessions, settings)])
+    sub = web.Application(middlewares=[_login_middleware(logins, settings)])
     sub.add_routes(
         [
             web.get("/me", api.me),
@@ -222,10 +218,12 @@ def setup(
         await router.start()
         yield
         await router.close()
+        await logins.close()
 
     sub.cleanup_ctx.append(lifecycle)
     app.add_subapp(PREFIX, sub)
     app[ROUTER] = router
+    app[AGENT_BAYEUX] = bayeux
     return router
 
 
@@ -233,7 +231,13 @@ def _agent_engine(engine: Engine | None) -> Engine:
     """The agent Bayeux server's engine: Redis beside a Redis customer engine (under its own
     prefix, so no customer session can be bound to an agent's user), else memory."""
     if isinstance(engine, RedisEngine):
-        return RedisEngine(engine.url, prefix=f"{engine.prefix}:agents", node_id=engine.node_id)
+        return RedisEngine(
+            engine.url,
+            prefix=f"{engine.prefix}:agents",
+            node_id=engine.node_id,
+            heartbeat=engine.heartbeat,
+            node_timeout=engine.node_timeout,
+        )
     return MemoryEngine()
 
 
@@ -242,6 +246,13 @@ def _routing_store(store: ChatStore) -> RoutingStore:
     if isinstance(store, RedisChatStore):
         return RedisRoutingStore(store.url, store.prefix)
     return MemoryRoutingStore()
+
+
+def _login_store(store: ChatStore, timeout_s: float) -> LoginStore:
+    """Logins live where the chats live: in Redis when they do, so any node knows them."""
+    if isinstance(store, RedisChatStore):
+        return RedisLoginStore(store.url, timeout_s, store.prefix)
+    return MemoryLoginStore(timeout_s)
 
 
 def _count_agent_sessions(bayeux: BayeuxServer, router: Router) -> None:
@@ -262,15 +273,20 @@ def _count_agent_sessions(bayeux: BayeuxServer, router: Router) -> None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _csrf_middleware(sessions: AgentSessions, settings: ApiSettings) -> Any:
-    """Check the CSRF token of cookie-authenticated changes; hand the token out on GETs."""
+def _login_middleware(logins: LoginStore, settings: ApiSettings) -> Any:
+    """Find the login the session cookie names (once per request: `request[LOGIN]`); check
+    the CSRF token of cookie-authenticated changes; hand the token out on GETs."""
 
     @web.middleware
-    async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if settings.csrf and request.method in _CHANGES:
-            http = sessions.from_cookie(request.cookies.get(SESSION_COOKIE))
+    async def login_and_csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            login = await logins.find(request.cookies.get(SESSION_COOKIE))
+        except StoreUnavailable:
+            raise _unavailable() from None
+        request[LOGIN] = login
+        if settings.csrf and request.method in _CHANGES and login is not None:
             sent = request.headers.get(CSRF_HEADER, "")
-            if http is not None and not hmac.compare_digest(sent.encode(), http.csrf.encode()):
+            if not hmac.compare_digest(sent.encode(), login.csrf.encode()):
                 problem = "wrong" if sent else "missing"
                 raise failure(
                     403,
@@ -279,18 +295,13 @@ def _csrf_middleware(sessions: AgentSessions, settings: ApiSettings) -> Any:
                     "GET /api/v2/me answered",
                 )
         response = await handler(request)
-        if settings.csrf and request.method == "GET" and not response.prepared:
-            # The session the request came with, or the one it just opened.
-            opened = response.cookies.get(SESSION_COOKIE)
-            token = opened.value if opened is not None else request.cookies.get(SESSION_COOKIE)
-            http = sessions.from_cookie(token)
-            if http is None:
-                return response
+        login = request[LOGIN]  # the one the request came with, or the one it opened
+        if settings.csrf and request.method == "GET" and not response.prepared and login:
             response.headers["X-CSRF-HEADER"] = CSRF_HEADER
-            response.headers[CSRF_HEADER] = http.csrf
+            response.headers[CSRF_HEADER] = login.csrf
         return response
 
-    return csrf
+    return login_and_csrf
 
 
 def ok(**fields: Any) -> web.Response:
@@ -322,17 +333,16 @@ class _AgentApi:
         self.sessions = sessions
 
     async def _agent(self, request: web.Request) -> str:
-        http = self.sessions.from_cookie(request.cookies.get(SESSION_COOKIE))
-        if http is not None:
-            return http.name
+        login = request[LOGIN]
+        if login is not None:
+            return login.name
         name = await self.sessions.from_basic(request.headers.get("Authorization", ""))
         if name is None:
-            raise failure(
-                401,
-                NOT_AUTHENTICATED,
-                "Not authenticated",
-                **{"WWW-Authenticate": 'Basic realm="GWS"'},
-            )
+            # No Basic challenge for a page's script (the desk sends X-Requested-With): on a
+            # request with cookies it would make the browser prompt for a password itself.
+            ajax = request.headers.get("X-Requested-With") == "XMLHttpRequest"
+            challenge = {} if ajax else {"WWW-Authenticate": 'Basic realm="GWS"'}
+            raise failure(401, NOT_AUTHENTICATED, "Not authenticated", **challenge)
         return name
 
     async def _operation(self, request: web.Request) -> tuple[str, dict[str, Any]]:
@@ -362,9 +372,13 @@ class _AgentApi:
             "channels": [channel_resource(agent.state)],
         }
         response = ok(user=user)
-        if self.sessions.from_cookie(request.cookies.get(SESSION_COOKIE)) is None:
-            http = self.sessions.open(name)
-            response.set_cookie(SESSION_COOKIE, http.token, path="/", httponly=True, samesite="Lax")
+        if request[LOGIN] is None:
+            login = AgentLogin.new(name)
+            await self._run(self.sessions.logins.add(login))
+            request[LOGIN] = login
+            response.set_cookie(
+                SESSION_COOKIE, login.token, path="/", httponly=True, samesite="Lax"
+            )
         return response
 
     async def me_operation(self, request: web.Request) -> web.Response:
@@ -378,7 +392,7 @@ class _AgentApi:
             return ok()
         if operation == "EndContactCenterSession":
             await self._run(self.router.end_session(name))
-            self.sessions.close_all(name)
+            await self._run(self.sessions.logins.remove_agent(name))
             for session in list(self.bayeux.user_sessions(user_key(name))):
                 self.bayeux.remove_session(session, "logout")
             response = ok()
@@ -398,7 +412,7 @@ class _AgentApi:
         await self._agent(request)
         agents = await self._run(self.router.agents())
         max_chats = self.router.settings.max_chats
-        return ok(agents=[agent_resource(agent, max_chats) for agent in agents])
+        return ok(agents=[agent_resource(a.name, a.state, a.available(max_chats)) for a in agents])
 
     async def chats(self, request: web.Request) -> web.Response:
         name = await self._agent(request)
@@ -523,7 +537,7 @@ def _text(body: dict[str, Any], name: str) -> str:
 
 
 def _unavailable() -> web.HTTPException:
-    return failure(503, 4, "The chat service is not available at this time")
+    return failure(503, UNAVAILABLE, "The chat service is not available at this time")
 
 
 def _unknown(operation: str) -> web.HTTPException:

@@ -75,9 +75,10 @@ def create_app(
     rest = chat_v2_rest.setup(app, chat, config.cors_allowed_origins)
     chat_files.setup(app, rest, chat, files or DiskFileStore(config.file_store_dir))
     chat_v2_cometd.setup(bayeux, chat)
-    _add_admin_apis(app, bayeux, config, storage or MemoryStorage())
     notification_api.setup(app, bayeux, config)
     agent_api.setup(app, chat, config, agents, options, bayeux.engine)
+    servers = [bayeux, app[agent_api.AGENT_BAYEUX]]
+    _add_admin_apis(app, servers, config, storage or MemoryStorage())
     web_pages.setup(app)
     _add_chat_v1(app, bayeux, chat, push, services or MemoryStorage())
     app.cleanup_ctx.append(_run_chat_engine)
@@ -99,15 +100,19 @@ async def _run_chat_engine(app: web.Application) -> AsyncIterator[None]:
 
 
 def _add_admin_apis(
-    app: web.Application, bayeux: BayeuxServer, config: ChatConfig, storage: StorageBackend
+    app: web.Application,
+    servers: list[BayeuxServer],
+    config: ChatConfig,
+    storage: StorageBackend,
 ) -> None:
-    """Storage and Node APIs, with `[auth]` Basic authentication."""
+    """Storage and Node APIs, with `[auth]` Basic authentication; `servers`: the node's
+    Bayeux servers (the customers' first), which OFFLINE drains."""
     auth_section = config.sections.get("auth", {})
     auth = BasicAuth.from_section(auth_section)
     storage_api = StorageApi(storage, StorageSettings.from_sections(config.sections), auth)
     app.middlewares.append(storage_api.middleware)
     app.add_routes(storage_api.routes())
-    app.add_routes(NodeApi(bayeux, auth, protected(auth_section, "node")).routes())
+    app.add_routes(NodeApi(servers, auth, protected(auth_section, "node")).routes())
     app[STORAGE] = storage
 
 
@@ -120,8 +125,9 @@ def _add_chat_v1(
 ) -> None:
     """The Service API, Chat API v1 on its sessions, and v1's CometD side (background state)."""
     api = service_api.setup(app, chat.config, services)
-    chat_v1.setup(app, chat, api)
-    app[CHAT_V1_COMET] = chat_v1_cometd.setup(bayeux, chat, api, push)
+    notifications = app[notification_api.NOTIFICATION_API]
+    chat_v1.setup(app, chat, api, notifications)
+    app[CHAT_V1_COMET] = chat_v1_cometd.setup(bayeux, chat, api, push, notifications)
     app[SERVICE_STORAGE] = services
 
 

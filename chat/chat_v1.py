@@ -28,8 +28,18 @@ from .chat_v2_rest import json_response
 from .engine import CLIENT_REST, ChatEngine
 from .gms_user import GENESYS_CHANNEL
 from .model import ChatSession, Event
-from .service_api import ROOT, ServiceApi, ServiceError, bad_request, is_true, read_params
+from .notification_api import UNSUPPORTED_TYPES, NotificationApi
+from .service_api import (
+    ROOT,
+    ServiceApi,
+    ServiceError,
+    ServiceRecord,
+    bad_request,
+    is_true,
+    read_params,
+)
 from .storage import Value
+from .store import StoreUnavailable
 
 CHAT = "ixn/chat"
 CONNECTED = "CONNECTED"
@@ -64,6 +74,18 @@ NAME_ALIASES = {
 }
 """Every spelling of these parameters that GMS's own examples use."""
 
+PUSH_TYPES = {
+    "ios": "ios",
+    "gcm": "gcm",
+    "android": "gcm",
+    "fcm": "fcm",
+    "httpcb": "httpcb",
+    "customhttp": "customhttp",
+    "comet": "comet",
+}
+"""`push_notification_type` -> the push provider (comet: `/_genesys` of the chat's user);
+`orscb`, also documented, is refused (`UNSUPPORTED_TYPES`: there is no ORS here)."""
+
 PROBLEMS = {
     e.EMAIL_INVALID: "the e-mail address is invalid",
     e.SUBJECT_MISSING: "subject is required",
@@ -96,6 +118,12 @@ class V1State:
     time_zone_offset: str = "0"
     push: dict[str, str] | None = None
     away: Away | None = None
+    subscription_id: str | None = None
+    """`subscriptionID`: the Notification API subscription that gets the background pushes
+    when there is no `push_notification_deviceid`."""
+    lost_at: int | None = None
+    """Epoch ms when a CometD session of the user expired (a network loss, not the
+    background): where a return without `ext.transcriptPosition` is estimated to resume."""
 
     def to_record(self) -> Json:
         return asdict(self)
@@ -228,9 +256,12 @@ class Call:
 
 
 class ChatV1Api:
-    def __init__(self, chat: ChatEngine, services: ServiceApi) -> None:
+    def __init__(
+        self, chat: ChatEngine, services: ServiceApi, notifications: NotificationApi
+    ) -> None:
         self.chat = chat
         self.services = services
+        self.notifications = notifications
         self.with_index = chat.config.enable_fast_chat_transcript_refresh
         self.operations = {
             "refresh": self.refresh,
@@ -259,7 +290,7 @@ class ChatV1Api:
         sessions = self.services.sessions
         record = await sessions.get(request.match_info["id"])
         if record.chat_id:
-            raise ServiceError(409, f"a chat was already started on service {record.id}")
+            raise _already_started(record.id)
         call = Call(request, await read_params(request))
         gms_user = request.headers.get("gms_user") or None
         comet = (call.text("notify_by") or "").strip().lower() == "comet"
@@ -273,24 +304,16 @@ class ChatV1Api:
             comet=comet,
             time_zone_offset=call.text("clientTimeZoneOffset") or "0",
             push=push_keys(params),
+            subscription_id=await self._subscription(call.text("subscriptionID")),
         )
-        first, last = call.text(*NAME_ALIASES["first"]), call.text(*NAME_ALIASES["last"])
-        user_data = {k: v for k, v in (await sessions.data(record)).items() if isinstance(v, str)}
-        for key, value in (("fldnFirstName", first), ("fldnLastName", last)):
-            if value:
-                user_data[key] = value
-        email = call.text(*NAME_ALIASES["email"])
-        outcome = await self.chat.request_chat(
-            self.services.chat_service(record.name),
-            nickname=call.text("userDisplayName") or _full_name(first, last) or request.remote,
-            first_name=None,
-            last_name=None,
-            subject=call.text("subject"),
-            email=email,
-            user_data=user_data | ({"fldnEmailAddress": email} if email else {}),
-            extra={"v1": state.to_record()},
-        )
-        session = outcome.session
+        _check_push_type(call.text("push_notification_type"))
+        if not await sessions.claim_chat(record):
+            raise _already_started(record.id)
+        try:
+            session = await self._request_chat(call, record, state)
+        except BaseException:
+            await sessions.release_chat(record)
+            raise
         await sessions.attach_chat(record, session.chat_id)
         if comet and gms_user:
             await sessions.set_current_chat(gms_user, session.chat_id)
@@ -300,6 +323,41 @@ class ChatV1Api:
             if comet:
                 reply["comet_channel"] = GENESYS_CHANNEL
         return reply
+
+    async def _request_chat(self, call: Call, record: ServiceRecord, state: V1State) -> ChatSession:
+        """The engine chat of a v1 request; `message` replaces the client's join notice."""
+        first, last = call.text(*NAME_ALIASES["first"]), call.text(*NAME_ALIASES["last"])
+        data = await self.services.sessions.data(record)
+        user_data = {k: v for k, v in data.items() if isinstance(v, str)}
+        for key, value in (("fldnFirstName", first), ("fldnLastName", last)):
+            if value:
+                user_data[key] = value
+        email = call.text(*NAME_ALIASES["email"])
+        nickname = call.text("userDisplayName") or _full_name(first, last) or call.request.remote
+        outcome = await self.chat.request_chat(
+            self.services.chat_service(record.name),
+            nickname=nickname,
+            first_name=None,
+            last_name=None,
+            subject=call.text("subject"),
+            email=email,
+            user_data=user_data | ({"fldnEmailAddress": email} if email else {}),
+            extra={"v1": state.to_record()},
+            join_text=call.text("message"),
+        )
+        return outcome.session
+
+    async def _subscription(self, subscription_id: str | None) -> str | None:
+        """`subscriptionID`, checked: it must name a live Notification API subscription."""
+        if subscription_id is None:
+            return None
+        try:
+            found = await self.notifications.store.get(subscription_id)
+        except StoreUnavailable as exc:
+            raise ServiceError(503, f"subscriptions unavailable: {exc}") from exc
+        if found is None:
+            raise bad_request(f"subscriptionID {subscription_id}: no such subscription")
+        return subscription_id
 
     # -- operations on a chat ------------------------------------------------------------
     async def operation(self, request: web.Request) -> web.Response:
@@ -342,14 +400,33 @@ class ChatV1Api:
         return await self._event(call, chat_id, m.CUSTOM_NOTICE, call.required("message"))
 
     async def disconnect(self, call: Call, chat_id: str) -> Json:
-        """The client leaves; its own `Notice.Left` is not counted in the position."""
-        outcome = await self.chat.client_disconnect(chat_id)
-        session = outcome.session
-        left = outcome.events[-1].index if outcome.events else session.last_index + 1
-        reply = interaction(session, left - 1, DISCONNECTED)
+        """The client leaves (`message` in place of the standard notice); its own
+        `Notice.Left` is not counted in the position. A chat that already ended (the agent
+        closed it, it timed out, or the client left before) answers the same way: the
+        documented reply, `DISCONNECTED` / `Chat was finished`; only a chat that is no longer
+        kept at all is 404."""
+        try:
+            outcome = await self.chat.client_disconnect(chat_id, text=call.text("message"))
+        except e.ChatError as error:
+            if e.SESSION_NOT_FOUND not in error.codes:
+                raise
+            session = await self._ended(chat_id)
+        else:
+            session = outcome.session
+        position = session.last_index - 1 if session.client_left else session.last_index
+        reply = interaction(session, position, DISCONNECTED)
         if call.verbose:
             reply |= verbose_fields(call.request, session, _state(session))
         return reply
+
+    async def _ended(self, chat_id: str) -> ChatSession:
+        """The chat a disconnect found ended; its end counts as shown (refresh is now 404)."""
+        session = await self.chat.get(chat_id)
+        if session is None or not session.ended:
+            raise ServiceError(404, "the chat session has ended")
+        if not session.client_left:  # (a chat the client left is closed to it already)
+            await self._move_cursor(chat_id, session.last_index)
+        return session
 
     async def _event(self, call: Call, chat_id: str, kind: str, text: str | None) -> Json:
         outcome = await self.chat.client_event(chat_id, kind, text)
@@ -399,6 +476,23 @@ def _state(session: ChatSession) -> V1State:
     return state
 
 
+def _already_started(service_id: str) -> ServiceError:
+    return ServiceError(409, f"a chat was already started on service {service_id}")
+
+
+def _check_push_type(kind: str | None) -> None:
+    """A push type this server cannot deliver is refused when the chat starts, not found
+    out when the first push is due."""
+    if kind is None:
+        return
+    name = kind.strip().lower()
+    if name in UNSUPPORTED_TYPES:
+        raise bad_request(f"push_notification_type: {UNSUPPORTED_TYPES[name]}")
+    if name not in PUSH_TYPES:
+        known = ", ".join(PUSH_TYPES)
+        raise bad_request(f"push_notification_type {kind!r} is not one of {known}")
+
+
 def _full_name(first: str | None, last: str | None) -> str | None:
     return " ".join(part for part in (first, last) if part) or None
 
@@ -416,7 +510,9 @@ def failure(error: ServiceError | e.ChatError) -> web.Response:
     return ServiceError(404, "the chat session has ended").response()
 
 
-def setup(app: web.Application, chat: ChatEngine, services: ServiceApi) -> ChatV1Api:
-    api = ChatV1Api(chat, services)
+def setup(
+    app: web.Application, chat: ChatEngine, services: ServiceApi, notifications: NotificationApi
+) -> ChatV1Api:
+    api = ChatV1Api(chat, services, notifications)
     app.add_routes(api.routes())
     return api

@@ -11,8 +11,9 @@
   since the client left, and every later agent event is pushed at once.
 * Foreground: the first `/meta/connect` of a new session of that user brings the chat back
   and queues, in one `/_genesys` message, every event after `ext.transcriptPosition` (or,
-  without it, after the position the client left at). Live messages arriving meanwhile are
-  held and follow it, without the ones it already carries.
+  without it, after the position the client left at, or after a network loss the position
+  estimated from when the user's last session expired, as GMS does). The replay and the
+  live messages never overlap (see `ChatV1Comet.send`).
 
 The hooks are a bayeux `Extension` (it reads `ext` on the meta channels), a chat observer and
 a chat timer handler; the state is the chat's `V1State` (chat_v1.py), kept in the chat store.
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,6 +38,8 @@ from . import errors as e
 from . import model as m
 from .chat_v1 import (
     BACKGROUND_NOTICE,
+    PUSH_TYPES,
+    TAG_PREFIX,
     Away,
     V1State,
     comet_notification,
@@ -49,6 +52,9 @@ from .chat_v1 import (
 from .engine import SYSTEM, Cause, ChatEngine
 from .gms_user import GENESYS_CHANNEL, notify_gms_user
 from .model import ChatSession, Event
+from .notification_api import JSON as JSON_MEDIA
+from .notification_api import Event as Notification
+from .notification_api import NotificationApi
 from .push import PushError, PushMessage, PushService
 from .service_api import ServiceApi, ServiceError
 from .store import StoreUnavailable
@@ -73,20 +79,14 @@ FILTER_ALIASES = {
     "Notice.TypingStart": "Notice.TypingStarted",
     "Notice.TypingStop": "Notice.TypingStopped",
 }
-PUSH_TYPES = {
-    "ios": "ios",
-    "gcm": "gcm",
-    "android": "gcm",
-    "fcm": "fcm",
-    "httpcb": "httpcb",
-    "customhttp": "customhttp",
-    "comet": "comet",
-}
-"""`push_notification_type` -> the push provider (comet: `/_genesys` of the chat's user)."""
 DEFAULT_MAXSIZE = 4096
 ELLIPSIS = "…"
 MAX_PENDING = 10_000
 CLIENT_COMETD = Cause("client", "cometd")
+RETURNED = "gms_v1_returned"
+"""Session attribute: the first `/meta/connect`'s replay is done (`/_genesys` flows)."""
+FENCE = "gms_v1_fence"
+"""Session attribute: chat tag -> the last position the replay covered."""
 
 
 @dataclass(frozen=True)
@@ -162,16 +162,42 @@ class ChatV1Comet(Extension):
     """The `/_genesys` notifier, the background-state extension and the push timer."""
 
     def __init__(
-        self, bayeux: BayeuxServer, chat: ChatEngine, services: ServiceApi, push: PushService
+        self,
+        bayeux: BayeuxServer,
+        chat: ChatEngine,
+        services: ServiceApi,
+        push: PushService,
+        notifications: NotificationApi,
     ) -> None:
         self.bayeux = bayeux
         self.chat = chat
         self.services = services
         self.push = push
+        self.notifications = notifications
         self.with_index = chat.config.enable_fast_chat_transcript_refresh
         self._pending: set[asyncio.Task[None]] = set()
+        self._turns: dict[str, _Turn] = {}
 
     # -- the extension: /meta/disconnect and the first /meta/connect ----------------------
+    def send(self, session: ServerSession, delivery: Delivery) -> Delivery | None:
+        """Keep the replay and the live `/_genesys` messages of a returning client apart.
+
+        Until its first `/meta/connect` has been answered with the replay, a session of a
+        `gms_user` holds every `/_genesys` message (from the moment the handshake bound it to
+        the user, so an event committed between the handshake and that connect is held too).
+        The replay then records, per chat, the last position it covers (`FENCE`), and every
+        message of that chat at or below it is dropped: held ones, and ones that reach this
+        node late (another node's delivery through Redis may arrive after the replay was
+        read). A chat message at position P carries only events up to P, so dropping it loses
+        nothing the replay does not carry, whatever the order of events."""
+        if delivery.channel != GENESYS_CHANNEL:
+            return delivery
+        attributes = session.attributes
+        if "gms_user" in attributes and not attributes.get(RETURNED):
+            session.hold_channel(GENESYS_CHANNEL)  # enqueue() puts it aside
+            return delivery
+        return None if _fenced(attributes.get(FENCE), delivery) else delivery
+
     def incoming(
         self, session: ServerSession | None, message: Message, context: RequestContext
     ) -> bool:
@@ -181,10 +207,10 @@ class ChatV1Comet(Extension):
         channel = message.get("channel")
         position = position_of(message_ext(message).get("transcriptPosition"))
         if channel == META_DISCONNECT and position is not None:
-            self._spawn(self._go_background(user, position))
+            self._spawn(self._in_turn(user, lambda: self._go_background(user, position)))
         elif channel == META_CONNECT and not session.connected:
             session.hold_channel(GENESYS_CHANNEL)
-            self._spawn(self._come_back(session, user, position))
+            self._spawn(self._in_turn(user, lambda: self._come_back(session, user, position)))
         return True
 
     async def _go_background(self, user: str, position: int) -> None:
@@ -211,8 +237,9 @@ class ChatV1Comet(Extension):
             log.info("chat %s: not marked away (%s)", chat_id, error)
 
     async def _come_back(self, session: ServerSession, user: str, position: int | None) -> None:
-        """Replay what the returning client missed, then release what arrived meanwhile."""
-        replay: tuple[dict[str, Any], int] | None = None
+        """Replay what the returning client missed, then release what arrived meanwhile
+        (without what the replay carries: `send`)."""
+        replay = Replay(None, {})
         try:
             chat_id = await self._current_chat(user)
             if chat_id is not None:
@@ -220,40 +247,85 @@ class ChatV1Comet(Extension):
         except e.ChatError as error:
             log.info("user %s: nothing replayed (%s)", user, error)
         finally:
+            session.attributes[FENCE] = replay.fence
+            session.attributes[RETURNED] = True
             held = session.release_channel(GENESYS_CHANNEL)
-            if replay is not None:
-                session.deliver(GENESYS_CHANNEL, replay[0])
-                held = [d for d in held if not _covered(d, replay[0]["tag"], replay[1])]
-            session.enqueue_many(held)
+            if replay.data is not None:
+                # Straight into the queue: `send` would take the replay for a stale message.
+                session.enqueue(Delivery({"channel": GENESYS_CHANNEL, "data": replay.data}))
+            session.enqueue_many(d for d in held if not _fenced(replay.fence, d))
 
-    async def _missed(
-        self, chat_id: str, position: int | None
-    ) -> tuple[dict[str, Any], int] | None:
+    async def _missed(self, chat_id: str, position: int | None) -> Replay:
         """The `/_genesys` data with the events after `position` (or after where the client
-        left), and the last position it carries; the chat is no longer away."""
+        left), and how far it covers the chat; the chat is no longer away."""
         session = await self.chat.load(chat_id, allow_ended=True)
         state = v1_state(session)
         if state is None or not state.comet:
-            return None
-        if state.away is not None:
-            position = state.away.position if position is None else position
+            return Replay(None, {})
+        if state.away is not None or state.lost_at is not None:
+            if position is None:
+                position = (
+                    state.away.position
+                    if state.away is not None
+                    else await self._estimate(session, state.lost_at or 0)
+                )
             session = await self._present(chat_id)
         if position is None:
-            return None
+            return Replay(None, {})
+        tag = TAG_PREFIX + state.service_id
         events = await self.chat.transcript(session, position + 1)
         shown = rows(
             session, [ev for ev in events if ev.index <= session.last_index], self.with_index
         )
         if not shown:
-            return None
+            # The client has everything up to `position` (never beyond what the chat has).
+            return Replay(None, {tag: min(position, session.last_index)})
         message = transcript_interaction(session, session.last_index, shown)
-        return comet_notification(state.service_id, message), session.last_index
+        data = comet_notification(state.service_id, message)
+        return Replay(data, {tag: session.last_index})
+
+    async def _estimate(self, session: ChatSession, lost_at: int) -> int:
+        """The position a client had when its connection was lost at `lost_at`: the last
+        event a full `utcTime` unit older (an event of that second may not have reached it:
+        better shown twice, the index tells the client, than lost)."""
+        slack = 1000 if self.chat.config.utc_time_resolution == "s" else 1
+        events = await self.chat.transcript(session, 1)
+        return max((ev.index for ev in events if ev.utc_time + slack <= lost_at), default=1)
+
+    def session_removed(self, session: ServerSession, reason: str) -> None:
+        """A session of a `gms_user` expired (no `/meta/disconnect`: the network was lost, or
+        the app killed): remember when, for the estimate above. GMS does not treat this as
+        the background state (no agent notice, no pushes): only `/meta/disconnect` is."""
+        user = session.attributes.get("gms_user")
+        if reason != "expired" or not isinstance(user, str):
+            return
+        idle_ms = int((asyncio.get_running_loop().time() - session.last_seen) * 1000)
+        lost_at = m.now_ms() - idle_ms
+        self._spawn(self._in_turn(user, lambda: self._lost(user, lost_at)))
+
+    async def _lost(self, user: str, lost_at: int) -> None:
+        chat_id = await self._current_chat(user)
+        if chat_id is None:
+            return
+
+        def change(session: ChatSession) -> list[Event]:
+            state = v1_state(session)
+            if state is None or not state.comet or session.ended or state.away is not None:
+                return []
+            state.lost_at = lost_at
+            save_state(session, state)
+            return []
+
+        try:
+            await self.chat.change(chat_id, change, SYSTEM)
+        except e.ChatError as error:
+            log.info("chat %s: connection loss not recorded (%s)", chat_id, error)
 
     async def _present(self, chat_id: str) -> ChatSession:
         def change(session: ChatSession) -> list[Event]:
             state = v1_state(session)
-            if state is not None and state.away is not None:
-                state.away = None
+            if state is not None and (state.away is not None or state.lost_at is not None):
+                state.away = state.lost_at = None
                 save_state(session, state)
             return []
 
@@ -353,30 +425,55 @@ class ChatV1Comet(Extension):
             log.info("chat %s: no client-timeout push (%s)", chat_id, error)
 
     async def _push(self, session: ChatSession, state: V1State, events: list[Event]) -> None:
+        """Push the agent events to the chat's device (`push_notification_*`), else to its
+        `subscriptionID`'s target (any Notification API delivery type)."""
         keys = state.push or {}
-        kind = PUSH_TYPES.get(keys.get("push_notification_type", "").strip().lower())
-        device = keys.get("push_notification_deviceid", "")
-        if kind is None or not device:
+        if keys.get("push_notification_deviceid"):
+            await self._push_to_device(session, state, keys, events)
+        elif state.subscription_id:
+            await self._push_to_subscription(session, state, state.subscription_id, events)
+        else:
             log.info("chat %s: no push target for the background state", session.chat_id)
-            return
+
+    def _payload(
+        self,
+        session: ChatSession,
+        state: V1State,
+        events: list[Event],
+        kind: str,
+        language: str | None,
+    ) -> dict[str, Any]:
+        """`{message, serviceId, lastTranscript}`, the message in the push language (the
+        option's text is a localization message id when the file has it), within
+        `push_notification_maxsize`."""
         options = BackgroundOptions.of(self.services, state.service_name)
-        payload: dict[str, Any] = {"message": options.push_message, "serviceId": state.service_id}
+        message = self.notifications.localizer.localize(options.push_message, language)
+        payload: dict[str, Any] = {"message": message, "serviceId": state.service_id}
         if kind != "ios":  # 256-byte payloads: the content is never included for iOS
             entries = [r for ev in events if (r := row(session, ev, False)) is not None]
             payload["lastTranscript"] = [{r[0]: r[2]} for r in entries]
-        limit = _size(keys.get("push_notification_maxsize"))
-        payload = fit(payload, limit)
+        return fit(payload, _size((state.push or {}).get("push_notification_maxsize")))
+
+    async def _push_to_device(
+        self, session: ChatSession, state: V1State, keys: dict[str, str], events: list[Event]
+    ) -> None:
+        kind = PUSH_TYPES.get(keys.get("push_notification_type", "").strip().lower())
+        if kind is None:
+            log.info("chat %s: no push type for the background state", session.chat_id)
+            return
+        language = keys.get("push_notification_language") or None
+        payload = self._payload(session, state, events, kind, language)
         if kind == "comet":
             if state.gms_user:
                 data = comet_notification(state.service_id, payload, PUSH_TAG)
                 await self._notify(state.gms_user, data, session.chat_id)
             return
-        last = payload.get("lastTranscript") or [{"": options.push_message}]
+        last = payload.get("lastTranscript") or [{"": payload["message"]}]
         message = PushMessage(
             type=kind,
-            device_id=device,
+            device_id=keys["push_notification_deviceid"],
             message=orjson.dumps(payload).decode(),
-            title=options.push_message,
+            title=payload["message"],
             body=next(iter(last[-1].values())),
             debug=keys.get("push_notification_debug", "").lower() == "true",
             content_type="application/json",
@@ -386,6 +483,23 @@ class ChatV1Comet(Extension):
             await self.push.send(message, provider, PUSH_TAG)
         except PushError as error:
             log.warning("chat %s: background push failed: %s", session.chat_id, error)
+
+    async def _push_to_subscription(
+        self, session: ChatSession, state: V1State, subscription_id: str, events: list[Event]
+    ) -> None:
+        try:
+            target = await self.notifications.store.get(subscription_id)
+        except StoreUnavailable as error:
+            log.warning("chat %s: subscription not read: %s", session.chat_id, error)
+            return
+        if target is None:
+            log.info("chat %s: subscription %s is gone", session.chat_id, subscription_id)
+            return
+        language = (state.push or {}).get("push_notification_language") or target.language
+        payload = self._payload(session, state, events, target.type, language)
+        notification = Notification(tag=PUSH_TAG, message=payload, media=JSON_MEDIA)
+        for reason in await self.notifications.deliver(notification, [target]):
+            log.warning("chat %s: background push failed: %s", session.chat_id, reason)
 
     async def _notify(self, user: str, data: dict[str, Any], chat_id: str) -> None:
         try:
@@ -401,6 +515,22 @@ class ChatV1Comet(Extension):
             log.warning("chat timer not updated: %s", error)
             return False
         return True
+
+    async def _in_turn(self, user: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run one user's connect, disconnect and expiry work in the order the messages came
+        (a returning session's connect must not clear the background state that a later
+        `/meta/disconnect` set, because its store round trips happened to finish last)."""
+        turn = self._turns.get(user)
+        if turn is None:
+            turn = self._turns[user] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                await work()
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[user]
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         if len(self._pending) >= MAX_PENDING:
@@ -422,14 +552,34 @@ class ChatV1Comet(Extension):
         await asyncio.gather(*self._pending, return_exceptions=True)
 
 
-def _covered(delivery: Delivery, tag: str, last: int) -> bool:
-    """Whether a held `/_genesys` message is one of this chat's that the replay carries."""
-    data = delivery.message.get("data")
-    if not isinstance(data, dict) or data.get("tag") != tag:
+@dataclass
+class _Turn:
+    """One user's queue of background work on this node; dropped when empty."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
+class Replay:
+    """What a returning client is sent first, and per chat tag the last position the client
+    has with it (live messages at or below it are duplicates)."""
+
+    data: dict[str, Any] | None
+    fence: dict[str, int]
+
+
+def _fenced(fence: Any, delivery: Delivery) -> bool:
+    """Whether a `/_genesys` message is a chat message the client already has."""
+    if not fence:
         return False
+    data = delivery.message.get("data")
+    if not isinstance(data, dict):
+        return False
+    last = fence.get(data.get("tag"))
     message = data.get("message")
     position = position_of(message.get("transcriptPosition")) if isinstance(message, dict) else None
-    return position is not None and position <= last
+    return last is not None and position is not None and position <= last
 
 
 def _size(raw: str | None) -> int:
@@ -440,10 +590,15 @@ def _size(raw: str | None) -> int:
 
 
 def setup(
-    bayeux: BayeuxServer, chat: ChatEngine, services: ServiceApi, push: PushService
+    bayeux: BayeuxServer,
+    chat: ChatEngine,
+    services: ServiceApi,
+    push: PushService,
+    notifications: NotificationApi,
 ) -> ChatV1Comet:
-    comet = ChatV1Comet(bayeux, chat, services, push)
+    comet = ChatV1Comet(bayeux, chat, services, push, notifications)
     bayeux.add_extension(comet)
+    bayeux.on_session_removed(comet.session_removed)
     chat.observers.append(comet)
     chat.timer_handlers[CLIENT_TIMEOUT_TIMER] = comet.client_timeout
     return comet

@@ -1,11 +1,14 @@
 """GMS Node API: `/genesys/1/admin/node/status` and `.../changestatus/{status}` (Basic auth).
 
-OFFLINE means "this node stops in a few seconds": the Bayeux server drains (its sessions are
-handed over and their clients told to reconnect, which the load balancer sends to another
-node because /health now answers 503). ONLINE takes the node back.
+OFFLINE means "this node stops in a few seconds": the Bayeux servers drain (the customers'
+and the agents'; their sessions are handed over and their clients told to reconnect, which
+the load balancer sends to another node because /health now answers 503). ONLINE takes the
+node back.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -18,8 +21,11 @@ OFFLINE = "OFFLINE"
 
 
 class NodeApi:
-    def __init__(self, bayeux: BayeuxServer, auth: BasicAuth, protected: bool = True) -> None:
-        self.bayeux = bayeux
+    def __init__(
+        self, servers: Sequence[BayeuxServer], auth: BasicAuth, protected: bool = True
+    ) -> None:
+        """`servers`: every Bayeux server of the node; the first one's state is the node's."""
+        self.servers = servers
         self.auth = auth
         self.protected = protected
 
@@ -32,16 +38,18 @@ class NodeApi:
 
     async def status(self, request: web.Request) -> web.Response:
         await self._authenticate(request)
-        text = OFFLINE if self.bayeux.draining else ONLINE
+        text = OFFLINE if self.servers[0].draining else ONLINE
         return web.Response(text=text, content_type="text/plain", charset="ISO-8859-1")
 
     async def change_status(self, request: web.Request) -> web.Response:
         await self._authenticate(request)
         wanted = request.match_info["status"].upper()
         if wanted == OFFLINE:
-            await self.bayeux.drain()
+            for server in self.servers:
+                await server.drain()
         elif wanted == ONLINE:
-            self.bayeux.resume()
+            for server in self.servers:
+                server.resume()
         else:
             raise web.HTTPBadRequest(text="status must be ONLINE or OFFLINE")
         return web.Response(text="", content_type="text/plain")

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import copy
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import orjson
@@ -49,7 +49,8 @@ class RedisRoutingStore(RoutingStore):
     async def read(self, names: list[str]) -> Records:
         if not names:
             return {}
-        values = await self._call(self._redis.mget([self.key(name) for name in names]))
+        with redis_failures():
+            values = await self._redis.mget([self.key(name) for name in names])
         return _decode(names, values)
 
     async def update(self, names: list[str], change: Callable[[Records], T]) -> T:
@@ -57,34 +58,45 @@ class RedisRoutingStore(RoutingStore):
         backoff = RETRY_BACKOFF_S
         for _ in range(MAX_ATTEMPTS):
             try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    await pipe.watch(*keys)
-                    before = _decode(names, await pipe.mget(keys))
-                    records = copy.deepcopy(before)
-                    result = change(records)
-                    pipe.multi()
-                    for name, key in zip(names, keys, strict=True):
-                        record = records[name]
-                        if record == before[name]:
-                            continue
-                        if record is None:
-                            pipe.delete(key)
-                        else:
-                            pipe.set(key, orjson.dumps(record))
-                    await pipe.execute()
-                    return result
+                with redis_failures():
+                    return await self._update_once(names, keys, change)
             except WatchError:
                 await asyncio.sleep(random.uniform(0, backoff))
                 backoff = min(backoff * 2, 0.05)
-            except (RedisError, OSError) as exc:
-                raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         raise StoreUnavailable("routing records are changing too fast; retry")
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
-        try:
-            return await awaitable
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+    async def _update_once(
+        self, names: list[str], keys: list[str], change: Callable[[Records], T]
+    ) -> T:
+        """One attempt of `update`; WatchError when a key changed meanwhile."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(*keys)
+            before = _decode(names, await pipe.mget(keys))
+            records = copy.deepcopy(before)
+            result = change(records)
+            pipe.multi()
+            for name, key in zip(names, keys, strict=True):
+                record = records[name]
+                if record == before[name]:
+                    continue
+                if record is None:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, orjson.dumps(record))
+            await pipe.execute()
+            return result
+
+
+@contextlib.contextmanager
+def redis_failures() -> Iterator[None]:
+    """Redis failing (down, or the connection lost) as `StoreUnavailable`, which the APIs
+    answer with 503; a WATCH conflict is no failure and passes through."""
+    try:
+        yield
+    except WatchError:
+        raise
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
 
 def _decode(names: list[str], values: list[bytes | str | None]) -> Records:

@@ -168,6 +168,16 @@ class ServiceSessions:
             raise not_found(f"Service {service_id} not found")
         return ServiceRecord.from_area(area)
 
+    async def claim_chat(self, record: ServiceRecord) -> bool:
+        """Reserve the session for starting its chat: of concurrent `ixn/chat` calls, on any
+        nodes, exactly one gets True. A node that dies before `attach_chat` leaves the session
+        claimed (and chat-less) until it expires."""
+        return await self._call(self.backend.set_if_absent(record.id, _CHAT_CLAIM, "1"))
+
+    async def release_chat(self, record: ServiceRecord) -> None:
+        """Give the claim back: the chat could not be started."""
+        await self._call(self.backend.remove_value(record.id, _CHAT_CLAIM))
+
     async def attach_chat(self, record: ServiceRecord, chat_id: str) -> None:
         record.chat_id = chat_id
         record.ttl_s = max(record.ttl_s, CHAT_TTL_S)
@@ -211,7 +221,8 @@ class ServiceSessions:
         return chat_id if isinstance(chat_id, str) else None
 
     async def _save(self, record: ServiceRecord) -> None:
-        put = self.backend.put(record.id, record.gms_user, record.ttl_s, record.values(), False)
+        # Merged: a record read before a concurrent claim or chat start never erases it.
+        put = self.backend.put(record.id, record.gms_user, record.ttl_s, record.values(), True)
         await self._call(put)
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
@@ -222,6 +233,7 @@ class ServiceSessions:
 
 
 _INDEX_PREFIX = "user:"
+_CHAT_CLAIM = "chat_claim"
 
 
 def _index_id(gms_user: str) -> str:
@@ -333,6 +345,7 @@ class ServiceApi:
             web.get(ROOT + "/{id}/storage/binary/{key}", guard(self.read_binary)),
             web.get(ROOT + "/{id}/storage/{key}", guard(self.read_key)),
             web.delete(ROOT + "/{id}/storage/{key}", guard(self.delete_key)),
+            web.post(ROOT + "/{id}/{request}", guard(self.service_request)),
         ]
 
     def options(self, name: str) -> dict[str, str]:
@@ -399,6 +412,14 @@ class ServiceApi:
         record = await self.sessions.get(request.match_info["id"])
         await self.sessions.replace_data(record, {})
         return ok()
+
+    async def service_request(self, request: web.Request) -> web.Response:
+        """`POST {id}/{request}`, a service specific request: GMS rejects one the service does
+        not support, and none of ours supports any (`status` belongs to ORS-driven services
+        such as `request-chat-poll`; `ixn/chat` is Chat API v1, chat_v1.py)."""
+        record = await self.sessions.get(request.match_info["id"])
+        name = request.match_info["request"]
+        raise bad_request(f"Service {record.name} does not support the request '{name}'")
 
     async def _value(self, request: web.Request) -> tuple[ServiceRecord, str, Value]:
         record = await self.sessions.get(request.match_info["id"])

@@ -50,6 +50,16 @@ class StorageBackend(ABC):
     @abstractmethod
     async def delete(self, area_id: str) -> bool: ...
 
+    @abstractmethod
+    async def set_if_absent(self, area_id: str, name: str, value: str) -> bool:
+        """Set one string value only if the area exists and has no value of that name, as
+        one atomic step (a claim that exactly one of several concurrent callers wins); the
+        expiry is left as it is. False when the value was there or the area is gone."""
+
+    @abstractmethod
+    async def remove_value(self, area_id: str, name: str) -> None:
+        """Remove one value (giving a claim back); the expiry is left as it is."""
+
 
 class MemoryStorage(StorageBackend):
     """Expired areas vanish on access, and are swept whenever areas are written."""
@@ -71,6 +81,19 @@ class MemoryStorage(StorageBackend):
 
     async def delete(self, area_id: str) -> bool:
         return self._live(area_id) is not None and self._areas.pop(area_id, None) is not None
+
+    async def set_if_absent(self, area_id: str, name: str, value: str) -> bool:
+        # No await between the test and the set: atomic under the event loop.
+        area = self._live(area_id)
+        if area is None or name in area.values:
+            return False
+        area.values[name] = value
+        return True
+
+    async def remove_value(self, area_id: str, name: str) -> None:
+        area = self._live(area_id)
+        if area is not None:
+            area.values.pop(name, None)
 
     def _live(self, area_id: str) -> StorageArea | None:
         entry = self._areas.get(area_id)
@@ -145,3 +168,24 @@ class RedisStorage(StorageBackend):
             return bool(await self._redis.delete(self.key(area_id)))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
+
+    async def set_if_absent(self, area_id: str, name: str, value: str) -> bool:
+        # HSETNX alone would make an expired area again, without an expiry.
+        try:
+            key = self.key(area_id)
+            done = await self._redis.eval(_SET_IF_ABSENT, 1, key, f"s:{name}", value)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return bool(done)
+
+    async def remove_value(self, area_id: str, name: str) -> None:
+        try:
+            await self._redis.hdel(self.key(area_id), f"s:{name}")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+
+_SET_IF_ABSENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+"""

@@ -80,8 +80,7 @@ async def test_start_session_and_ready_are_announced_on_v2_me_channels(env: Env)
         data = await alice.next(lambda d: d.get("messageType") == "ChannelStateChangeMessage")
         states.append(data["channels"][0]["userState"]["state"])
     assert states == ["NotReady", "Ready"]
-    _, me = await alice.get("/api/v2/me")
-    assert me["user"]["channels"][0]["userState"]["state"] == "Ready"
+    assert await alice.state() == "Ready"
 
 
 async def test_operations_are_checked(env: Env) -> None:
@@ -280,11 +279,9 @@ async def test_end_session_logs_out_and_drops_the_cookie(env: Env) -> None:
     await alice.ok("/api/v2/me", "EndContactCenterSession")
     status, _ = await alice.get("/api/v2/me")
     assert status == 401
-    (connect,) = await alice.bayeux({"channel": "/meta/connect", "connectionType": "long-polling"})
-    assert connect["successful"] is False  # its CometD session ended too
+    assert (await alice.connect())["successful"] is False  # its CometD session ended too
     await alice.login()
-    _, me = await alice.get("/api/v2/me")
-    assert me["user"]["channels"][0]["userState"]["state"] == "LoggedOut"
+    assert await alice.state() == "LoggedOut"
 
 
 async def test_end_session_is_refused_while_the_agent_has_chats(env: Env) -> None:

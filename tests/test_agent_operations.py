@@ -23,20 +23,19 @@ from tests.support.agent_desk import (
     basic,
     chat_state,
     config,
-    eventually,
     running,
 )
 
 URL = "https://shop.example.com/help"
 
 
-async def accepted_chat(env: Env, agent: Agent) -> Customer:
-    """A customer's chat, offered to and accepted by `agent` (already Ready)."""
-    customer = await env.customer()
-    assert await agent.invitation() == customer.chat_id
-    await agent.ok(f"/api/v2/me/chats/{customer.chat_id}", "Accept")
-    await agent.next(lambda d: chat_state(d) == "Accepted")
-    return customer
+async def alice_with_a_chat_and_bob_ready(env: Env) -> tuple[Agent, Agent, Customer]:
+    """alice Ready with an accepted chat, then bob Ready (a chat can go to him)."""
+    alice, bob = env.agent("alice"), env.agent("bob")
+    await alice.ready()
+    customer = await env.accepted_chat(alice)
+    await bob.ready()
+    return alice, bob, customer
 
 
 async def leave_reasons(customer: Customer) -> list[tuple[str, str | None]]:
@@ -44,9 +43,10 @@ async def leave_reasons(customer: Customer) -> list[tuple[str, str | None]]:
     body = await customer.call("refresh", transcriptPosition="1")
     assert body["chatEnded"] is False
     return [
-        (m["from"]["type"], m.get("eventAttributes", {}).get("general-properties", {}).get(
-            "reason-for-leave"
-        ))
+        (
+            m["from"]["type"],
+            m.get("eventAttributes", {}).get("general-properties", {}).get("reason-for-leave"),
+        )
         for m in body["messages"]
         if m["type"] == "ParticipantLeft"
     ]
@@ -73,7 +73,7 @@ async def listed(agent: Agent) -> list[tuple[str, str, list[str]]]:
 async def test_send_url_and_custom_notice_reach_the_customer(env: Env) -> None:
     alice = env.agent("alice")
     await alice.ready()
-    customer = await accepted_chat(env, alice)
+    customer = await env.accepted_chat(alice)
     chat = f"/api/v2/me/chats/{customer.chat_id}"
     await alice.ok(chat, "SendUrl", pushUrl=URL)
     await alice.ok(chat, "SendCustomNotice", text="order #42 shipped")
@@ -109,7 +109,7 @@ async def test_capabilities_follow_the_chat_state(env: Env) -> None:
 async def test_place_on_hold_keeps_the_chat_and_release_hold_joins_again(env: Env) -> None:
     alice = env.agent("alice")
     await alice.ready()
-    customer = await accepted_chat(env, alice)
+    customer = await env.accepted_chat(alice)
     chat = f"/api/v2/me/chats/{customer.chat_id}"
 
     await alice.ok(chat, "PlaceOnHold")
@@ -134,10 +134,7 @@ async def test_place_on_hold_keeps_the_chat_and_release_hold_joins_again(env: En
 
 
 async def test_transfer_to_an_agent_offers_the_chat_and_the_target_joins(env: Env) -> None:
-    alice, bob = env.agent("alice"), env.agent("bob")
-    await alice.ready()
-    customer = await accepted_chat(env, alice)
-    await bob.ready()
+    alice, bob, customer = await alice_with_a_chat_and_bob_ready(env)
 
     await alice.ok(f"/api/v2/me/chats/{customer.chat_id}", "Transfer", agent="bob")
     done = await alice.next(lambda d: chat_state(d) == "Completed")
@@ -156,10 +153,10 @@ async def test_transfer_to_an_agent_offers_the_chat_and_the_target_joins(env: En
 async def test_transfer_to_an_unavailable_agent_is_refused_and_the_chat_stays(env: Env) -> None:
     alice, bob = env.agent("alice"), env.agent("bob")
     await alice.ready()
-    customer = await accepted_chat(env, alice)
+    customer = await env.accepted_chat(alice)
     await bob.login()
     await bob.ok("/api/v2/me", "StartContactCenterSession", channels=["chat"])  # NotReady
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"agent": "bob"}, "Agent bob is not Ready"),
         ({"agent": "carol"}, "Agent carol is not Ready"),  # logged out
         ({"agent": "zed"}, "No agent zed"),
@@ -177,20 +174,15 @@ async def test_transfer_to_an_unavailable_agent_is_refused_and_the_chat_stays(en
 
 async def test_transfer_to_a_full_agent_is_refused() -> None:
     async with running(config(max_chats="1")) as env:
-        alice, bob = env.agent("alice"), env.agent("bob")
-        await alice.ready()
-        first = await accepted_chat(env, alice)
-        await bob.ready()
-        await accepted_chat(env, bob)
+        alice, bob, first = await alice_with_a_chat_and_bob_ready(env)
+        await env.accepted_chat(bob)
         status, body = await alice.chat_op(first.chat_id, "Transfer", agent="bob")
         assert (status, body["statusMessage"]) == (400, "Agent bob has no free capacity")
 
 
 async def test_a_rejected_transfer_goes_back_to_the_queue(env: Env) -> None:
-    alice, bob, carol = env.agent("alice"), env.agent("bob"), env.agent("carol")
-    await alice.ready()
-    customer = await accepted_chat(env, alice)
-    await bob.ready()
+    alice, bob, customer = await alice_with_a_chat_and_bob_ready(env)
+    carol = env.agent("carol")
     await carol.ready()
     await alice.ok(f"/api/v2/me/chats/{customer.chat_id}", "Transfer", agent="bob")
     assert await bob.invitation() == customer.chat_id
@@ -200,10 +192,7 @@ async def test_a_rejected_transfer_goes_back_to_the_queue(env: Env) -> None:
 
 
 async def test_transfer_to_the_queue_offers_the_chat_to_another_agent(env: Env) -> None:
-    alice, bob = env.agent("alice"), env.agent("bob")
-    await alice.ready()
-    customer = await accepted_chat(env, alice)
-    await bob.ready()
+    alice, bob, customer = await alice_with_a_chat_and_bob_ready(env)
     await alice.ok(f"/api/v2/me/chats/{customer.chat_id}", "Transfer", queue="customer-support")
     assert await bob.invitation() == customer.chat_id
     assert await leave_reasons(customer) == [("Agent", "TRANSFER")]
@@ -211,11 +200,8 @@ async def test_transfer_to_the_queue_offers_the_chat_to_another_agent(env: Env) 
 
 
 async def test_a_held_chat_can_be_transferred(env: Env) -> None:
-    alice, bob = env.agent("alice"), env.agent("bob")
-    await alice.ready()
-    customer = await accepted_chat(env, alice)
+    alice, bob, customer = await alice_with_a_chat_and_bob_ready(env)
     await alice.ok(f"/api/v2/me/chats/{customer.chat_id}", "PlaceOnHold")
-    await bob.ready()
     await alice.ok(f"/api/v2/me/chats/{customer.chat_id}", "Transfer")
     assert await bob.invitation() == customer.chat_id
     assert await leave_reasons(customer) == [("Agent", "HOLD")]  # no second leave
@@ -245,29 +231,11 @@ async def test_agents_lists_every_agent_with_its_state(env: Env) -> None:
 # -- logout timeout -----------------------------------------------------------------------------
 
 
-async def disconnect(agent: Agent) -> None:
-    (reply,) = await agent.bayeux({"channel": "/meta/disconnect"})
-    assert reply["successful"], reply
-    agent.client_id = None
-
-
-async def state_of(agent: Agent) -> str:
-    _, me = await agent.get("/api/v2/me")
-    return str(me["user"]["channels"][0]["userState"]["state"])
-
-
 async def test_an_agent_without_cometd_for_the_logout_timeout_is_logged_out() -> None:
     async with running(config(logout_timeout_s="0.3")) as env:
-        alice, bob = env.agent("alice"), env.agent("bob")
-        await alice.ready()
-        customer = await accepted_chat(env, alice)
-        await bob.ready()
-        await disconnect(alice)
-
-        async def logged_out() -> bool:
-            return await state_of(alice) == "LoggedOut"
-
-        await eventually(logged_out)
+        alice, bob, customer = await alice_with_a_chat_and_bob_ready(env)
+        await alice.disconnect()
+        await alice.until_state("LoggedOut")
         assert await leave_reasons(customer) == [("Agent", "TRANSFER")]
         assert await bob.invitation() == customer.chat_id
         assert await listed(alice) == []
@@ -277,11 +245,11 @@ async def test_a_session_back_within_the_logout_timeout_keeps_the_agent() -> Non
     async with running(config(logout_timeout_s="0.5")) as env:
         alice = env.agent("alice")
         await alice.ready()
-        customer = await accepted_chat(env, alice)
-        await disconnect(alice)
+        customer = await env.accepted_chat(alice)
+        await alice.disconnect()
         await alice.cometd()  # a reload: a new CometD session at once
         await asyncio.sleep(0.9)
-        assert await state_of(alice) == "Ready"
+        assert await alice.state() == "Ready"
         assert await leave_reasons(customer) == []
 
 
@@ -290,11 +258,7 @@ async def test_an_agent_who_never_opens_cometd_is_logged_out() -> None:
         alice = env.agent("alice")
         await alice.login()
         await alice.ok("/api/v2/me", "StartContactCenterSession", channels=["chat"])
-
-        async def logged_out() -> bool:
-            return await state_of(alice) == "LoggedOut"
-
-        await eventually(logged_out)
+        await alice.until_state("LoggedOut")
 
 
 # -- CSRF ---------------------------------------------------------------------------------------
@@ -323,11 +287,21 @@ async def test_csrf_token_comes_with_gets_and_posts_must_carry_it(env: Env) -> N
     handshake = [{"channel": "/meta/handshake", "version": "1.0", "id": "1"}]
     status, _ = await raw_post(alice, "/api/v2/notifications", handshake, {})
     assert status == 403
-    assert await state_of(alice) == "LoggedOut"  # nothing was done
+    assert await alice.state() == "LoggedOut"  # nothing was done
 
     status, _ = await raw_post(alice, "/api/v2/me", start, {"X-CSRF-TOKEN": token})
     assert status == 200
     await alice.cometd()  # the helper sends the token with Bayeux POSTs
+
+
+async def test_an_unknown_or_oversized_session_cookie_is_not_authenticated(env: Env) -> None:
+    alice = env.agent("alice")
+    for cookie in ("forged", "x" * 1000):
+        alice.http.cookie_jar.update_cookies({"JSESSIONID": cookie})
+        status, body = await alice.get("/api/v2/me")
+        assert (status, body["statusCode"]) == (401, 20)
+        status, _ = await alice.post("/api/v2/me", "StartContactCenterSession")
+        assert status == 401
 
 
 async def test_a_new_login_has_a_new_token_and_logout_ends_the_old_one(env: Env) -> None:
@@ -371,6 +345,9 @@ def test_agent_api_and_routing_options_are_validated() -> None:
     with pytest.raises(ValueError, match=r"\[agent-api\]: unknown option 'cfrs'"):
         ApiSettings.from_sections({"agent-api": {"cfrs": "false"}})
     assert ApiSettings.from_sections({}).csrf is True
+    with pytest.raises(ValueError, match=r"\[agent-api\] session_timeout_s: expected a number"):
+        ApiSettings.from_sections({"agent-api": {"session_timeout_s": "soon"}})
+    assert ApiSettings.from_sections({}).session_timeout_s == 8 * 3600
     with pytest.raises(ValueError, match="logout_timeout_s: expected a number > 0"):
         RoutingSettings.from_sections({"routing": {"logout_timeout_s": "0"}})
     assert RoutingSettings.from_sections({}).logout_timeout_s == 60

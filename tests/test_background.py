@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from chat import model as m
+from chat.chat_v1 import comet_notification, transcript_interaction
 from chat.chat_v1_cometd import BackgroundOptions, fit, position_of
 from chat.config import ChatConfig, ServiceConfig
+from chat.gms_user import notify_gms_user
 from tests.conftest import PipelineClient
 from tests.support.chat_v1 import STORES, Json, V1Env, mobile_client, receive, v1_env
 from tests.support.receiver import Receiver, receiver
@@ -31,12 +34,31 @@ PUSH_FORM = {
 }
 
 
-def config(sink: Receiver) -> ChatConfig:
+LOCALIZATION = """<messages>
+  <message id="chat.newmessage">
+    <locale language="en_US"><entry key="text">Your agent wrote</entry></locale>
+    <locale language="fr"><entry key="text">Votre conseiller a \\u00e9crit</entry></locale>
+  </message>
+</messages>"""
+
+
+def config(sink: Receiver, localization: Path) -> ChatConfig:
+    localization.write_text(LOCALIZATION, encoding="utf-8")
+    push = {
+        "pushEnabled": "customhttp,httpcb",
+        "customhttp.url": f"{sink.url}/push",
+        "localization_file": str(localization),
+    }
     return ChatConfig(
         services={"customer-support": ServiceConfig("customer-support")},
+        utc_time_resolution="ms",  # events a few ms apart fall on either side of a loss
         sections={
-            "push": {"pushEnabled": "customhttp,httpcb", "customhttp.url": f"{sink.url}/push"},
+            "push": push,
             "service.request-chat": {"_client_timeout_notification": "0.2"},
+            "service.bonjour": {
+                "_client_timeout_notification": "0",
+                "_client_timeout_notification_message": "chat.newmessage",
+            },
             "service.slow": {
                 "_client_timeout_notification": "0.5",
                 "_agent_timeout_notification_message": "Joan stepped away",
@@ -53,9 +75,10 @@ async def sink() -> AsyncIterator[Receiver]:
 
 @pytest.fixture(params=STORES)
 async def env(
-    request: pytest.FixtureRequest, redis_server: RedisServer, sink: Receiver
+    request: pytest.FixtureRequest, redis_server: RedisServer, sink: Receiver, tmp_path: Path
 ) -> AsyncIterator[V1Env]:
-    async with v1_env(request.param, redis_server, config(sink)) as running:
+    cfg = config(sink, tmp_path / "localization.xml")
+    async with v1_env(request.param, redis_server, cfg) as running:
         yield running
 
 
@@ -170,6 +193,73 @@ async def test_a_connect_with_a_position_replays_after_a_network_loss(env: V1Env
     assert [r[2] for r in replay["data"]["message"]["transcriptToShow"]] == ["two"]
 
 
+async def test_an_event_between_handshake_and_first_connect_arrives_once(env: V1Env) -> None:
+    """The race: the agent writes after the returning client's handshake bound it to its user
+    and before its first /meta/connect; that event is in the replay, and only there. A late
+    copy (as another node's delivery through Redis may be) is dropped too."""
+    service_id, chat_id = await env.start_chat("joan", **PUSH_FORM)
+    tag = f"service.chat.refresh.{service_id}"
+    await env.chat.agent_join(chat_id, "ann", "Ann")
+    phone = PipelineClient(env.bayeux)
+    phone.context.headers = {"gms_user": "joan"}
+    await phone.handshake()
+    await phone.request("/meta/disconnect", ext={"transcriptPosition": 2})
+    await env.comet.settle()
+    await agent_says(env, chat_id, "missed")  # index 4, after the client's notice at 3
+
+    back = PipelineClient(env.bayeux)
+    back.context.headers = {"gms_user": "joan"}
+    await back.handshake()
+    await agent_says(env, chat_id, "between")  # delivered live to the new session: held
+    stale = await env.chat.load(chat_id)
+    delivered, _ = await back.connect(ext={"transcriptPosition": "2"})
+    await env.comet.settle()
+    await notify_gms_user(env.bayeux, "joan", _refresh(service_id, stale, 5, "between"))
+    await agent_says(env, chat_id, "after")
+    messages = delivered + await back.poll()
+    assert [(d["data"]["tag"], [r[2] for r in shown(d)]) for d in messages] == [
+        (tag, ["missed", "between"]),
+        (tag, ["after"]),
+    ]
+
+
+def _refresh(service_id: str, session: m.ChatSession, position: int, text: str) -> Json:
+    """A chat message of the v1 comet shape at `position`, as a node would send it."""
+    row = ["Message.Text", "Ann", text, "1", "AGENT"]
+    message = transcript_interaction(session, position, [row])
+    return comet_notification(service_id, message)
+
+
+async def test_a_return_after_a_network_loss_resumes_from_the_estimated_position(
+    env: V1Env, sink: Receiver
+) -> None:
+    """The session expired (no /meta/disconnect): not the background state (no notice, no
+    push), but a return without `ext.transcriptPosition` gets what followed the loss."""
+    _, chat_id = await env.start_chat("joan", **PUSH_FORM)
+    await env.chat.agent_join(chat_id, "ann", "Ann")
+    lost = PipelineClient(env.bayeux)
+    lost.context.headers = {"gms_user": "joan"}
+    await lost.handshake()
+    await lost.connect()
+    await env.comet.settle()
+    await agent_says(env, chat_id, "seen")
+    await asyncio.sleep(0.02)  # it reaches the client a little later: the client's last sign
+    assert [r[2] for d in await lost.poll() for r in shown(d)] == ["seen"]
+    env.bayeux.remove_session(env.bayeux.sessions[lost.client_id], "expired")
+    await env.comet.settle()
+    await agent_says(env, chat_id, "missed")
+
+    back = PipelineClient(env.bayeux)
+    back.context.headers = {"gms_user": "joan"}
+    await back.handshake()
+    delivered, _ = await back.connect()
+    await env.comet.settle()
+    assert [[r[2] for r in shown(d)] for d in delivered + await back.poll()] == [["missed"]]
+    session = await env.chat.load(chat_id)
+    assert [ev.text for ev in await env.chat.transcript(session, 2)] == [None, "seen", "missed"]
+    assert sink.requests == []
+
+
 async def test_comet_push_type_notifies_the_users_other_sessions(env: V1Env) -> None:
     form = {"notify_by": "comet", "push_notification_type": "comet"}
     service_id, chat_id = await env.start_chat("joan", push_notification_deviceid="web", **form)
@@ -192,6 +282,57 @@ async def test_comet_push_type_notifies_the_users_other_sessions(env: V1Env) -> 
         "message": "New message from Agent",
         "serviceId": service_id,
         "lastTranscript": [{"Message.Text": "ping"}],
+    }
+
+
+async def go_background(env: V1Env, user: str, position: int) -> None:
+    """A session of `user` sends `/meta/disconnect` with `ext.transcriptPosition`."""
+    phone = PipelineClient(env.bayeux)
+    phone.context.headers = {"gms_user": user}
+    await phone.handshake()
+    await phone.request("/meta/disconnect", ext={"transcriptPosition": position})
+    await env.comet.settle()
+
+
+async def test_the_push_message_is_in_the_push_language(env: V1Env, sink: Receiver) -> None:
+    """`push_notification_language`: the service's push text is a localization message id."""
+    form = PUSH_FORM | {"push_notification_language": "fr-FR"}
+    service_id, chat_id = await env.start_chat("joan", service="bonjour", **form)
+    await env.chat.agent_join(chat_id, "ann", "Ann")
+    await go_background(env, "joan", 2)
+    await agent_says(env, chat_id, "ça va ?")
+    [push] = await sink.wait_for(1)
+    assert pushed(push) == {
+        "message": "Votre conseiller a écrit",
+        "serviceId": service_id,
+        "lastTranscript": [{"Message.Text": "ça va ?"}],
+    }
+
+
+async def test_a_subscription_id_gets_the_background_pushes(env: V1Env, sink: Receiver) -> None:
+    """`subscriptionID` without `push_notification_deviceid`: the pushes go to that Notification
+    API subscription's target (here httpcb), in its language unless the chat gives one."""
+    subscription = await env.post(
+        "/genesys/1/notification/subscription",
+        json={
+            "subscriberId": "joan-phone",
+            "filter": "chat.*",
+            "notificationDetails": {"type": "httpcb", "deviceId": f"{sink.url}/callback"},
+            "language": "fr",
+        },
+    )
+    assert subscription.status == 200, subscription
+    form = {"notify_by": "comet", "subscriptionID": subscription.body["id"]}
+    service_id, chat_id = await env.start_chat("joan", service="bonjour", **form)
+    await env.chat.agent_join(chat_id, "ann", "Ann")
+    await go_background(env, "joan", 2)
+    await agent_says(env, chat_id, "hello?")
+    [push] = await sink.wait_for(1)
+    assert push.path == "/callback"
+    assert push.json() == {
+        "message": "Votre conseiller a écrit",
+        "serviceId": service_id,
+        "lastTranscript": [{"Message.Text": "hello?"}],
     }
 
 

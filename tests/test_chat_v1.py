@@ -6,6 +6,7 @@ The agent side is driven through the ChatEngine, as the agent API would.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -195,6 +196,103 @@ async def test_a_service_runs_one_chat(env: V1Env) -> None:
     again = await env.post(f"{service_id}/ixn/chat", {"userDisplayName": "Joan"})
     assert again.status == 409
     assert "already started" in again.body["message"]
+
+
+async def test_concurrent_starts_on_one_service_start_one_chat(
+    env: V1Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five `ixn/chat` at once on one service session: one chat, four 409s (the claim is
+    atomic in the session's store: under the event loop, or one Lua script in Redis). Chat
+    creation is slowed down so that every request is past its first check before any chat
+    exists."""
+    started_chats: list[str] = []
+    request_chat = env.chat.request_chat
+
+    async def slow_request_chat(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.1)
+        outcome = await request_chat(*args, **kwargs)
+        started_chats.append(outcome.session.chat_id)
+        return outcome
+
+    monkeypatch.setattr(env.chat, "request_chat", slow_request_chat)
+    service_id = await env.service()
+    replies = await asyncio.gather(
+        *(env.post(f"{service_id}/ixn/chat", {"userDisplayName": f"J{n}"}) for n in range(5))
+    )
+    assert sorted(r.status for r in replies) == [200, 409, 409, 409, 409]
+    [started] = [r.body for r in replies if r.status == 200]
+    assert all("already started" in r.body["message"] for r in replies if r.status == 409)
+    assert started_chats == [started["chatSessionId"]]
+    reply = await env.post(f"{service_id}/ixn/chat/send", {"message": "hi"})
+    assert reply.body["chatSessionId"] == started["chatSessionId"]
+
+
+async def test_a_start_that_fails_leaves_the_service_startable(env: V1Env) -> None:
+    service_id = await env.service()
+    bad = await env.post(f"{service_id}/ixn/chat", {"userDisplayName": "J", "email": "no"})
+    assert bad.status == 400
+    assert bad.body["message"] == "the e-mail address is invalid"
+    assert (await env.post(f"{service_id}/ixn/chat", {"userDisplayName": "J"})).status == 200
+
+
+async def test_message_replaces_the_join_and_leave_notices(env: V1Env) -> None:
+    """`message` on `ixn/chat` and `disconnect`: the text of the client's own notice, which
+    the agent sees in place of the standard one."""
+    service_id, chat_id = await env.start_chat(message="Joan needs help with an order")
+    reply = await env.post(f"{service_id}/ixn/chat/disconnect", {"message": "Joan had to go"})
+    assert reply.body["chatIxnState"] == "DISCONNECTED"
+    session = await env.chat.get(chat_id)
+    assert session is not None
+    events = await env.chat.transcript(session, 1)
+    assert [(ev.type, ev.text) for ev in events] == [
+        (m.PARTICIPANT_JOINED, "Joan needs help with an order"),
+        (m.PARTICIPANT_LEFT, "Joan had to go"),
+    ]
+
+
+async def test_disconnect_after_the_chat_ended_is_the_documented_reply(env: V1Env) -> None:
+    """GMS documents one disconnect reply; a chat the agent already closed (or that the client
+    left before) gives it too, and the end then counts as shown: refresh is 404."""
+    service_id, chat_id = await env.start_chat()
+    await agent_joins(env, chat_id)
+    await env.chat.complete(chat_id)  # the agent's Left and the client's Left: 3 and 4
+    finished = {
+        "chatIxnState": "DISCONNECTED",
+        "chatSessionId": chat_id,
+        "chatServiceMessage": "Chat was finished",
+    }
+    reply = await env.post(f"{service_id}/ixn/chat/disconnect")
+    assert (reply.status, reply.body) == (200, finished | {"transcriptPosition": "4"})
+    assert (await env.post(f"{service_id}/ixn/chat/refresh")).status == 404
+
+    service_id, chat_id = await env.start_chat()
+    first = await env.post(f"{service_id}/ixn/chat/disconnect")
+    again = await env.post(f"{service_id}/ixn/chat/disconnect")
+    alone = finished | {"chatSessionId": chat_id, "transcriptPosition": "1"}
+    assert first.body == again.body == alone
+
+
+async def test_push_types_that_cannot_be_delivered_are_refused_up_front(env: V1Env) -> None:
+    service_id = await env.service()
+    form = {"userDisplayName": "J", "push_notification_deviceid": "d"}
+    orscb = await env.post(f"{service_id}/ixn/chat", form | {"push_notification_type": "orscb"})
+    assert orscb.status == 400
+    assert orscb.body["message"] == (
+        "push_notification_type: Notification type 'orscb' is not supported: this server has "
+        "no ORS to deliver events to"
+    )
+    other = await env.post(f"{service_id}/ixn/chat", form | {"push_notification_type": "pager"})
+    assert other.status == 400
+    assert other.body["message"].startswith("push_notification_type 'pager' is not one of ios")
+    fine = await env.post(f"{service_id}/ixn/chat", form | {"push_notification_type": "Android"})
+    assert fine.status == 200
+
+
+async def test_an_unknown_subscription_id_is_refused(env: V1Env) -> None:
+    service_id = await env.service()
+    reply = await env.post(f"{service_id}/ixn/chat", {"subscriptionID": "nope"})
+    assert reply.status == 400
+    assert reply.body["message"] == "subscriptionID nope: no such subscription"
 
 
 async def test_unknown_service_ids_are_404(env: V1Env) -> None:

@@ -73,6 +73,19 @@ async def test_unknown_services_are_404(env: V1Env) -> None:
     assert (await env.delete("no-such-id")).status == 404
 
 
+async def test_service_specific_requests_no_service_supports_are_rejected(env: V1Env) -> None:
+    """`status` is a request of ORS-driven services (`request-chat-poll`), not of ours."""
+    service_id = await env.service()
+    reply = await env.post(f"{service_id}/status", {})
+    assert reply.status == 400
+    assert reply.body == {
+        "message": "Service request-chat does not support the request 'status'",
+        "exception": "com.genesyslab.gsg.services.service.BadRequestException",
+    }
+    assert (await env.post("no-such-id/status", {})).status == 404
+    assert (await env.post("request-chat-poll", {})).status == 404
+
+
 async def test_storage_reads_one_key_as_an_object(env: V1Env) -> None:
     service_id = (await env.post("callback", {"Key1": "Value1"})).body["_id"]
     one = await env.get(f"{service_id}/storage/Key1")

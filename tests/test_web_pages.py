@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from chat import web_pages
 from chat.app import create_app
 from tests.conftest import fast_options
+from tests.support.agent_desk import basic, config
 
 Client = TestClient[Any, Any]
 COMETD_JS = "export * from './Client.js';\n"
@@ -122,3 +123,29 @@ async def test_the_gms_server_serves_the_pages() -> None:
         for path in ("/chat", "/desk", "/static/desk.js"):
             async with client.get(path) as response:
                 assert response.status == 200, path
+
+
+@pytest.mark.parametrize(
+    ("headers", "challenged"),
+    [
+        ({}, True),  # GWS clients and curl: asked for Basic credentials
+        ({"X-Requested-With": "XMLHttpRequest"}, False),  # the desk's own requests
+        ({"X-Requested-With": "XMLHttpRequest", **basic("alice", "wrong")}, False),
+        ({"X-Requested-With": "XMLHttpRequest", "Cookie": "JSESSIONID=expired"}, False),
+    ],
+)
+async def test_the_desks_requests_get_a_401_without_a_basic_challenge(
+    headers: dict[str, str], challenged: bool
+) -> None:
+    """A Basic challenge on a page's request with cookies makes the browser prompt for a
+    password over the page (headless Chromium hangs): the desk shows its own form instead."""
+    app = create_app(options=fast_options(), config=config())
+    async with (
+        TestClient(TestServer(app)) as client,
+        client.get("/api/v2/me", headers=headers) as response,
+    ):
+        assert response.status == 401
+        assert (await response.json())["statusCode"] == 20
+        assert ("WWW-Authenticate" in response.headers) is challenged
+        if challenged:
+            assert response.headers["WWW-Authenticate"] == 'Basic realm="GWS"'

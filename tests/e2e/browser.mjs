@@ -12,6 +12,11 @@
 //   transfer:     (needs a second agent, <agent>2 with the same password) a wrong password
 //                 is refused; the agent transfers a chat to the other agent, who accepts it
 //                 and answers the customer.
+//   controls:     (the same two agents) one rejects an invitation, gets it again as the only
+//                 Ready agent, rejects it again and the other gets it; that one places the
+//                 chat on hold and releases it, then sends a link; the controls shown follow
+//                 the chat's capabilities; a desk whose session has ended goes back to its
+//                 log-in form on a reload, and logs in again.
 // With a screenshot dir, PNGs of both pages mid-chat are written there (docs/screenshots).
 //
 // Environment: CHROMIUM (default /usr/bin/chromium), E2E_WAIT_MS (default 10000) bounds each
@@ -237,6 +242,15 @@ class DeskPage {
     typing(customer) {
         return this.panel(customer).locator(".typing").textContent();
     }
+
+    /** The buttons a chat's pane shows now (they follow the chat's capabilities). */
+    controls(customer) {
+        return this.panel(customer).locator("button:visible").allTextContents();
+    }
+
+    chatState(customer) {
+        return this.panel(customer).locator(".chat-state").textContent();
+    }
 }
 
 // -- scenarios ----------------------------------------------------------------------------------
@@ -389,7 +403,79 @@ async function transfer({ browser, base, agent, password }) {
     };
 }
 
-const SCENARIOS = { conversation, transfer };
+async function controls({ browser, base, agent, password }) {
+    const facts = {};
+    const first = new DeskPage(await newPage(browser, `${base}/desk`), agent, password);
+    const second = new DeskPage(await newPage(browser, `${base}/desk`), `${agent}2`, password);
+    await first.logIn();
+    await second.logIn();
+    await first.ready();
+    const dan = new CustomerPage(await newPage(browser, `${base}/chat`), "Dan");
+    await dan.start("A refund");
+
+    // Rejected by the only Ready agent, the chat is offered to it again; rejected once more
+    // when another agent is Ready, it goes to that one.
+    const invitation = first.page.locator("#invitations li", { hasText: "Dan" });
+    const reject = invitation.getByRole("button", { name: "Reject the chat with Dan" });
+    await invitation.waitFor();
+    facts.invitationButtons = await invitation.getByRole("button").allTextContents();
+    await reject.click(); // the page drops the invitation at once: a new one must come
+    await invitation.waitFor();
+    facts.firstDeskInvitationsAfterFirstReject = await first.page.locator("#invitations li").count();
+    await second.ready();
+    await reject.click();
+    await second.accept("Dan");
+    facts.firstDeskInvitationsAfterReject = await first.page.locator("#invitations li").count();
+    await dan.seesLine(`${second.agent} joined the chat`);
+    facts.controlsAccepted = await second.controls("Dan");
+    facts.stateAccepted = await second.chatState("Dan");
+
+    // On hold: the customer sees the agent step away, can still write; then the agent is back.
+    const pane = await second.open("Dan");
+    await pane.getByRole("button", { name: "Place on hold" }).click();
+    await dan.seesLine(`${second.agent} put the chat on hold`);
+    await second.tab("Dan (on hold)").waitFor();
+    facts.controlsOnHold = await second.controls("Dan");
+    facts.stateOnHold = await second.chatState("Dan");
+    facts.focusOnHold = await second.page.evaluate(() => document.activeElement?.textContent);
+    await dan.send("Still there?");
+    await second.seesMessage("Dan", "Still there?");
+    await pane.getByRole("button", { name: "Release hold" }).click();
+    await dan.seesLine(`${second.agent} is back`);
+    await until("the chat active again on the desk", async () => (await second.chatState("Dan")) === "Active");
+    facts.controlsReleased = await second.controls("Dan");
+    await second.send("Dan", "Yes, back now");
+    await dan.seesMessage("Yes, back now");
+    await dan.send("Good");
+    await second.seesMessage("Dan", "Good");
+
+    // A link: the customer gets it as a link opening in a new tab.
+    const url = "https://example.com/refunds?order=42&lang=en";
+    await pane.getByLabel("Send a link").fill(url);
+    await pane.getByRole("button", { name: "Send link" }).click();
+    const link = dan.transcript.getByRole("link", { name: url });
+    await link.waitFor();
+    facts.customerLink = {
+        href: await link.getAttribute("href"),
+        target: await link.getAttribute("target"),
+        rel: await link.getAttribute("rel"),
+    };
+    facts.linkFieldAfterSending = await pane.getByLabel("Send a link").inputValue();
+    facts.customerLines = await linesIn(dan.transcript);
+    facts.deskLines = await second.lines("Dan");
+
+    // The first desk's session ends (its cookie names a login the server no longer knows):
+    // a reload leads to the log-in form, with no password prompt by the browser, and back in.
+    await first.page.context().addCookies([{ name: "JSESSIONID", value: "ended", url: base }]);
+    await first.page.reload();
+    await first.page.getByRole("button", { name: "Log in" }).waitFor();
+    facts.statusAfterSessionEnded = await first.page.locator("#status").textContent();
+    await first.logIn();
+    facts.stateAfterLoggingInAgain = await first.page.locator("#agent-state").textContent();
+    return facts;
+}
+
+const SCENARIOS = { conversation, transfer, controls };
 
 // -- running ------------------------------------------------------------------------------------
 

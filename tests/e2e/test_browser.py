@@ -122,3 +122,44 @@ def test_agent_transfers_a_chat_to_another_agent(server: ServerProcess) -> None:
     assert facts["secondDeskMessages"] == messages
     lines = facts["customerLines"]
     assert lines.index(f"{AGENT} left the chat") < lines.index(f"{AGENT}2 joined the chat")
+
+
+def test_agent_rejects_holds_releases_and_sends_a_link(server: ServerProcess) -> None:
+    facts = browse(server, "controls")
+    # The only error a page saw: the 401 that told the desk its session had ended.
+    assert facts["pageErrors"] == [
+        "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+    ]
+    # Rejected, the chat came back to the only Ready agent; rejected again when another agent
+    # was Ready, it left the first desk and went to that one.
+    assert facts["invitationButtons"] == ["Accept", "Reject"]
+    assert facts["firstDeskInvitationsAfterFirstReject"] == 1
+    assert facts["firstDeskInvitationsAfterReject"] == 0
+    # The controls follow the chat's capabilities.
+    accepted = ["Send", "Send link", "Place on hold", "Transfer", "Complete"]
+    assert facts["controlsAccepted"] == accepted
+    assert facts["stateAccepted"] == "Active"
+    assert facts["controlsOnHold"] == ["Release hold", "Transfer", "Complete"]
+    assert facts["stateOnHold"] == "On hold"
+    assert facts["focusOnHold"] == "Release hold"  # the keyboard user's button went away
+    assert facts["controlsReleased"] == accepted
+    # Both sides saw the hold, and messages flowed both ways during and after it.
+    agent = f"{AGENT}2"
+    lines = facts["customerLines"]
+
+    def at(end: str) -> int:
+        return next(i for i, line in enumerate(lines) if line.endswith(end))
+
+    held, back = at(f"{agent} put the chat on hold"), at(f"{agent} is back")
+    assert held < at("Still there?") < back < at("Yes, back now") < at("Good")
+    assert lines[-1] == f"{agent} shared a link: https://example.com/refunds?order=42&lang=en"
+    assert facts["deskLines"] == lines
+    assert facts["customerLink"] == {
+        "href": "https://example.com/refunds?order=42&lang=en",
+        "target": "_blank",
+        "rel": "noopener noreferrer",
+    }
+    assert facts["linkFieldAfterSending"] == ""
+    # A desk whose session had ended showed its own log-in form, and logged in again.
+    assert facts["statusAfterSessionEnded"] == "Your session has ended. Please log in again."
+    assert facts["stateAfterLoggingInAgain"] == "Ready"  # the server kept the agent's state

@@ -8,11 +8,12 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from chat.app import create_app
 from chat.config import ChatConfig
@@ -26,9 +27,11 @@ PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 WAITING = "Please hold on, all agents are busy."
 
 
-def config(**routing: str) -> ChatConfig:
+def config(sections: dict[str, dict[str, str]] | None = None, **routing: str) -> ChatConfig:
+    """alice, bob and carol as agents, `[routing]` options, and any other `sections`."""
     agents = {name: hash_password(pw, iterations=1000) for name, pw in PASSWORDS.items()}
-    return ChatConfig(sections={"agents": agents, "routing": {"waiting_text": WAITING, **routing}})
+    routing_section = {"waiting_text": WAITING, **routing}
+    return ChatConfig(sections={"agents": agents, "routing": routing_section, **(sections or {})})
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -36,10 +39,26 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
+class Server(Protocol):
+    """Where a desk sends its requests: a test server, or a node run as a process."""
+
+    def make_url(self, path: str) -> URL: ...
+
+
+class ServerAt:
+    """A server known by its base URL (`http://host:port`)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def make_url(self, path: str) -> URL:
+        return URL(self.base_url + path)
+
+
 class Agent:
     """An agent desktop: its own cookie jar, the REST API and a CometD long-polling client."""
 
-    def __init__(self, server: BaseTestServer, name: str, password: str | None = None) -> None:
+    def __init__(self, server: Server, name: str, password: str | None = None) -> None:
         self.server = server
         self.name = name
         self.password = PASSWORDS.get(name, "") if password is None else password
@@ -52,6 +71,11 @@ class Agent:
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
+
+    def move_to(self, server: Server) -> None:
+        """Talk to another node from now on, with the same cookies, CSRF token and CometD
+        client id (as a load balancer sends a client elsewhere when its node goes)."""
+        self.server = server
 
     async def close(self) -> None:
         await self.http.close()
@@ -83,6 +107,18 @@ class Agent:
 
     async def chat_op(self, chat_id: str, operation: str, **fields: Any) -> tuple[int, Json]:
         return await self.post(f"/api/v2/me/chats/{chat_id}", operation, **fields)
+
+    async def state(self) -> str:
+        """The agent's state on the chat channel, as `GET /api/v2/me` answers it."""
+        status, me = await self.get("/api/v2/me")
+        assert status == 200, me
+        return str(me["user"]["channels"][0]["userState"]["state"])
+
+    async def until_state(self, state: str) -> None:
+        async def reached() -> bool:
+            return await self.state() == state
+
+        await eventually(reached)
 
     async def ready(self) -> None:
         """Log in, start a chat session, open CometD and go Ready."""
@@ -121,6 +157,17 @@ class Agent:
         (sub,) = await self.bayeux({"channel": "/meta/subscribe", "subscription": "/v2/me/*"})
         assert sub["successful"], sub
 
+    async def disconnect(self) -> None:
+        """End the CometD session (`/meta/disconnect`), as a desk closing does."""
+        (reply,) = await self.bayeux({"channel": "/meta/disconnect"})
+        assert reply["successful"], reply
+        self.client_id = None
+
+    async def connect(self) -> Json:
+        """One `/meta/connect`; its reply (messages that came with it are in `received`)."""
+        replies = await self.bayeux({"channel": "/meta/connect", "connectionType": "long-polling"})
+        return next(r for r in replies if r.get("channel") == "/meta/connect")
+
     async def next(self, predicate: Callable[[Json], bool], timeout: float = WAIT) -> Json:
         """The first message received (earlier or by polling) whose data matches."""
         async with asyncio.timeout(timeout):
@@ -129,7 +176,7 @@ class Agent:
                     if predicate(message["data"]):
                         self.received.remove(message)
                         return dict(message["data"])
-                await self.bayeux({"channel": "/meta/connect", "connectionType": "long-polling"})
+                await self.connect()
 
     async def invitation(self, timeout: float = WAIT) -> str:
         data = await self.next(lambda d: chat_state(d) == "Invited", timeout)
@@ -152,7 +199,7 @@ class Agent:
         """No chat is offered for `seconds` (polling meanwhile)."""
         deadline = asyncio.get_running_loop().time() + seconds
         while asyncio.get_running_loop().time() < deadline:
-            await self.bayeux({"channel": "/meta/connect", "connectionType": "long-polling"})
+            await self.connect()
             assert not [m for m in self.received if chat_state(m["data"]) == "Invited"]
 
 
@@ -191,9 +238,13 @@ class Env:
         self.http = http
         self.agents: list[Agent] = []
 
-    def agent(self, name: str, password: str | None = None) -> Agent:
+    @property
+    def server(self) -> Server:
         assert self.http.server is not None
-        agent = Agent(self.http.server, name, password)
+        return self.http.server
+
+    def agent(self, name: str, password: str | None = None) -> Agent:
+        agent = Agent(self.server, name, password)
         self.agents.append(agent)
         return agent
 
@@ -202,6 +253,14 @@ class Env:
             body = await response.json(content_type=None)
             assert body["statusCode"] == 0, body
             return Customer(self.http, body)
+
+    async def accepted_chat(self, agent: Agent) -> Customer:
+        """A customer's chat, offered to and accepted by `agent` (already Ready)."""
+        customer = await self.customer()
+        assert await agent.invitation() == customer.chat_id
+        await agent.ok(f"/api/v2/me/chats/{customer.chat_id}", "Accept")
+        await agent.next(lambda d: chat_state(d) == "Accepted")
+        return customer
 
 
 @asynccontextmanager

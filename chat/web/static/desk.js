@@ -6,6 +6,10 @@
 // /me/chats, /me/chats/{id}); notifications that overlap are dropped by event index.
 // CSRF: when the API answers X-CSRF-HEADER / X-CSRF-TOKEN, that header goes on every POST
 // and on the CometD requests; without them nothing is sent.
+// Every request says X-Requested-With: XMLHttpRequest, so a 401 comes without a Basic
+// challenge (which would make the browser ask for a password over the page): the desk shows
+// its own log-in form instead, also when the session has ended.
+// A chat's controls follow its `capabilities` (data-capability in desk.html).
 
 import { CometD } from "/static/cometd/cometd.js";
 import {
@@ -14,6 +18,8 @@ import {
 
 const API = "/api/v2";
 const STORAGE_KEY = "gms-desk";
+const NOTICE_KEY = "gms-desk-notice"; // why the log-in form shows after a reload
+const SESSION_ENDED = "Your session has ended. Please log in again.";
 const CHANNELS = ["/v2/me/chats", "/v2/me/channels"];
 
 const ui = {
@@ -59,7 +65,11 @@ function saveSession() {
 }
 
 function reportError(what, error) {
-    showStatus(ui.status, `${what}: ${error.message}`, true);
+    if (error.status === 401) {
+        backToLogin(SESSION_ENDED);
+    } else {
+        showStatus(ui.status, `${what}: ${error.message}`, true);
+    }
 }
 
 // -- the agent API ------------------------------------------------------------------------------
@@ -75,11 +85,10 @@ function csrfHeaders() {
     return session?.csrf ? { [session.csrf.header]: session.csrf.token } : {};
 }
 
-/** credentials "omit": no cookies either way (see logIn()). */
-async function api(method, path, body = undefined, headers = {}, credentials = "same-origin") {
+async function api(method, path, body = undefined, headers = {}) {
     const init = {
         method,
-        credentials,
+        credentials: "same-origin",
         headers: { Accept: "application/json", "X-Requested-With": "XMLHttpRequest", ...headers },
     };
     if (body !== undefined) {
@@ -129,7 +138,12 @@ ui.login.addEventListener("submit", async (event) => {
     const user = String(form.get("username")).trim();
     session = { agent: user, csrf: null };
     try {
-        const data = await logIn(basic(user, String(form.get("password"))));
+        // One request: it checks the password and sets the session cookie.
+        const data = await api("GET", "/me", undefined, { Authorization: basic(user, String(form.get("password"))) });
+        if (data.user.userName !== user) {
+            // The cookie of another tab's log-in wins over the password: say so.
+            throw new Error(`this browser is logged in as ${data.user.userName} in another tab; log out there first`);
+        }
         ui.login.reset();
         await enterDesk(data.user);
     } catch (error) {
@@ -139,14 +153,13 @@ ui.login.addEventListener("submit", async (event) => {
     }
 });
 
-/**
- * Checks the password first without cookies: the API answers a wrong one with a Basic
- * challenge, which on a request with credentials makes the browser ask for a password itself
- * (over the page). Then the same request with cookies, which sets the session cookie.
- */
-async function logIn(authorization) {
-    await api("GET", "/me", undefined, { Authorization: authorization }, "omit");
-    return api("GET", "/me", undefined, { Authorization: authorization });
+/** The session is over (ended by the server, or its cookie expired): a fresh page, to log in. */
+function backToLogin(text) {
+    cometd?.disconnect();
+    session = null;
+    saveSession();
+    sessionStorage.setItem(NOTICE_KEY, text);
+    location.reload();
 }
 
 async function enterDesk(user) {
@@ -230,6 +243,9 @@ function startCometD() {
         if (reply.successful) {
             broken = false;
             subscribeAndSync();
+        } else if (reply.advice?.reconnect === "none") {
+            // Denied (the client gives up): most likely the session has ended.
+            checkSession();
         }
     });
     cometd.addListener("/meta/connect", (reply) => {
@@ -245,6 +261,16 @@ function startCometD() {
         }
     });
     cometd.handshake();
+}
+
+/** After a denied handshake: back to the log-in form if the session is over, else say so. */
+async function checkSession() {
+    try {
+        await api("GET", "/me");
+        showStatus(ui.status, "The desk cannot receive notifications: reload the page.", true);
+    } catch (error) {
+        reportError("The desk cannot receive notifications", error);
+    }
 }
 
 function showConnection(connected) {
@@ -299,12 +325,6 @@ async function sync() {
             }
         }
     } catch (error) {
-        if (error.status === 401) {
-            session = null;
-            saveSession();
-            location.reload();
-            return;
-        }
         reportError("Could not load your chats", error);
     }
 }
@@ -330,9 +350,12 @@ function onChatState(chat) {
             addInvitation(chat);
             break;
         case "Accepted":
-        case "OnHold": // still this agent's chat (hold is not offered on this desk)
+        case "OnHold": // still this agent's chat
             removeInvitation(chat.id);
-            paneFor(chat);
+            if (chats.get(chat.id)?.ended) {
+                chats.get(chat.id).close(); // it came back (transferred back to us): a fresh pane
+            }
+            paneFor(chat).update(chat);
             break;
         case "Revoked":
             removeInvitation(chat.id);
@@ -358,14 +381,15 @@ function addInvitation(chat) {
     const about = chat.subject ? ` about “${chat.subject}”` : "";
     item.append(element("div", "", `${customerOf(chat)} (${chat.service})${about}`));
     const buttons = element("div", "buttons");
-    const accept = element("button", "", "Accept");
-    const reject = element("button", "secondary", "Reject");
-    accept.type = reject.type = "button";
-    accept.setAttribute("aria-label", `Accept the chat with ${customerOf(chat)}`);
-    reject.setAttribute("aria-label", `Reject the chat with ${customerOf(chat)}`);
-    accept.addEventListener("click", () => answerInvitation(chat.id, "Accept"));
-    reject.addEventListener("click", () => answerInvitation(chat.id, "Reject"));
-    buttons.append(accept, reject);
+    for (const [answer, style] of [["Accept", ""], ["Reject", "secondary"]]) {
+        if (chat.capabilities?.includes(answer)) {
+            const button = element("button", style, answer);
+            button.type = "button";
+            button.setAttribute("aria-label", `${answer} the chat with ${customerOf(chat)}`);
+            button.addEventListener("click", () => answerInvitation(chat.id, answer));
+            buttons.append(button);
+        }
+    }
     item.append(buttons);
     invitations.set(chat.id, item);
     ui.invitations.append(item);
@@ -378,13 +402,17 @@ function removeInvitation(id) {
     ui.noInvitations.hidden = invitations.size > 0;
 }
 
+/**
+ * Removes the invitation at once: after a Reject the same chat may be offered to this agent
+ * again (no one else is Ready), and that new invitation can arrive before the answer.
+ */
 async function answerInvitation(id, answer) {
+    removeInvitation(id);
     try {
         await chatOperation(id, answer);
-        removeInvitation(id);
     } catch (error) {
-        removeInvitation(id);
         reportError(`Could not ${answer.toLowerCase()} the chat`, error);
+        sync(); // the invitation may still stand (or be gone): show what the server says
     }
 }
 
@@ -410,11 +438,15 @@ function selectedPane() {
 
 let paneCount = 0;
 
+const STATE_NAMES = { Accepted: "Active", OnHold: "On hold" };
+
 class ChatPane {
     constructor(chat) {
         this.id = chat.id;
         this.ended = false;
         this.unread = 0;
+        this.state = "";
+        this.capabilities = new Set();
         const key = `chat-${++paneCount}`;
         this.panel = ui.template.content.firstElementChild.cloneNode(true);
         this.panel.id = `${key}-panel`;
@@ -446,52 +478,94 @@ class ChatPane {
             this.panel.querySelector(".typing"),
             (event) => event.from?.type === "Agent" && event.from?.nickname === session?.agent,
         );
+        this.statePill = this.panel.querySelector(".chat-state");
         this.message = this.panel.querySelector("textarea");
-        this.compose = this.panel.querySelector("form.compose");
-        this.transfer = this.panel.querySelector("form.transfer");
         this.note = this.panel.querySelector(".ended-note");
         this.typing = new TypingNotifier((started) => {
-            if (!this.ended) {
+            if (this.capabilities.has(started ? "StartTyping" : "StopTyping")) {
                 chatOperation(this.id, started ? "StartTyping" : "StopTyping").catch(() => undefined);
             }
         });
-        this.compose.addEventListener("submit", (event) => {
-            event.preventDefault();
-            this.send();
-        });
+        this.onSubmit("form.compose", () => this.send());
         this.message.addEventListener("input", () => this.typing.keystroke());
-        submitOnEnter(this.message, this.compose);
-        this.transfer.querySelector("input").addEventListener("focus", loadAgentNames);
-        this.transfer.addEventListener("submit", (event) => {
-            event.preventDefault();
-            this.transferTo(this.transfer.querySelector("input").value.trim());
-        });
-        this.panel.querySelector(".complete").addEventListener("click", () => this.complete());
-        this.panel.querySelector(".close").addEventListener("click", () => this.close());
+        submitOnEnter(this.message, this.panel.querySelector("form.compose"));
+        const url = this.panel.querySelector("form.send-url input");
+        this.onSubmit("form.send-url", () => this.sendUrl(url));
+        const target = this.panel.querySelector("form.transfer input");
+        target.addEventListener("focus", loadAgentNames);
+        this.onSubmit("form.transfer", () => this.transferTo(target.value.trim()));
+        this.onClick(".hold", () => this.act("PlaceOnHold", "Could not place the chat on hold"));
+        this.onClick(".release", () => this.act("ReleaseHold", "Could not release the hold"));
+        this.onClick(".complete", () => this.complete());
+        this.onClick(".close", () => this.close());
 
-        this.describe(chat);
+        this.update(chat);
         ui.tabs.append(this.tab);
         ui.panes.append(this.panel);
         ui.noChats.hidden = true;
+    }
+
+    onSubmit(selector, action) {
+        this.panel.querySelector(selector).addEventListener("submit", (event) => {
+            event.preventDefault();
+            action();
+        });
+    }
+
+    onClick(selector, action) {
+        this.panel.querySelector(selector).addEventListener("click", action);
     }
 
     get selected() {
         return this.tab.getAttribute("aria-selected") === "true";
     }
 
+    /** The chat as the server last described it: who, its state and what can be done now. */
+    update(chat) {
+        if (this.ended) {
+            return;
+        }
+        this.state = chat.state ?? this.state;
+        if (Array.isArray(chat.capabilities)) {
+            this.capabilities = new Set(chat.capabilities);
+        }
+        this.describe(chat);
+        this.showControls();
+    }
+
     describe(chat) {
         const customer = customerOf(chat);
-        this.label.textContent = this.ended ? `${customer} (ended)` : customer;
         this.customer = customer;
+        this.showLabel();
         const about = chat.subject ? `, about “${chat.subject}”` : "";
         this.panel.querySelector(".about").textContent = `Chat with ${customer} (${chat.service ?? "chat"})${about}`;
         this.panel.setAttribute("aria-label", `Chat with ${customer}`);
     }
 
+    showLabel() {
+        const state = this.ended ? "ended" : this.state === "OnHold" ? "on hold" : "";
+        this.label.textContent = state ? `${this.customer} (${state})` : this.customer;
+        this.statePill.textContent = this.ended ? "Ended" : STATE_NAMES[this.state] ?? this.state;
+        this.statePill.classList.toggle("held", !this.ended && this.state === "OnHold");
+    }
+
+    /** Each data-capability control shows only while the chat has that capability; a focused
+     * control that goes (Place on hold -> Release hold) hands the focus to the first one left. */
+    showControls() {
+        const focused = this.panel.contains(document.activeElement) ? document.activeElement : null;
+        for (const node of this.panel.querySelectorAll("[data-capability]")) {
+            node.hidden = !this.capabilities.has(node.dataset.capability);
+        }
+        if (focused?.closest("[hidden]")) {
+            const next = this.panel.querySelector("button[data-capability]:not([hidden]), button.close:not([hidden])");
+            (next ?? this.panel.querySelector(".transcript")).focus();
+        }
+    }
+
     async load() {
         try {
             const { chat } = await api("GET", `/me/chats/${encodeURIComponent(this.id)}`);
-            this.describe(chat);
+            this.update(chat);
             this.add(chat.messages ?? []);
             if (chat.state === "Completed") {
                 this.end("The chat is over.");
@@ -533,29 +607,37 @@ class ChatPane {
         }
         this.typing.stop();
         this.message.value = "";
-        try {
-            await chatOperation(this.id, "SendMessage", { text });
-        } catch (error) {
+        if (!(await this.act("SendMessage", "The message was not sent", { text }))) {
             this.message.value = text; // keep what could not be sent
-            reportError("The message was not sent", error);
+        }
+    }
+
+    async sendUrl(input) {
+        if (await this.act("SendUrl", "Could not send the link", { pushUrl: input.value.trim() })) {
+            input.value = "";
+        }
+    }
+
+    /** A chat operation; true when done. The new state (hold) comes as a notification. */
+    async act(operation, failure, fields = {}) {
+        try {
+            await chatOperation(this.id, operation, fields);
+            return true;
+        } catch (error) {
+            reportError(failure, error);
+            return false;
         }
     }
 
     async transferTo(agent) {
-        try {
-            await chatOperation(this.id, "Transfer", agent ? { agent } : {});
+        if (await this.act("Transfer", "Could not transfer the chat", agent ? { agent } : {})) {
             this.end(agent ? `You transferred the chat to ${agent}.` : "You sent the chat back to the queue.", true);
-        } catch (error) {
-            reportError("Could not transfer the chat", error);
         }
     }
 
     async complete() {
-        try {
-            await chatOperation(this.id, "Complete");
+        if (await this.act("Complete", "Could not complete the chat")) {
             this.end("You completed the chat.", true);
-        } catch (error) {
-            reportError("Could not complete the chat", error);
         }
     }
 
@@ -570,14 +652,12 @@ class ChatPane {
             return;
         }
         this.ended = true;
+        this.capabilities = new Set();
         this.typing.stop();
         this.transcript.showTyping("");
-        this.label.textContent = `${this.customer} (ended)`;
-        for (const node of [this.compose, this.transfer, this.panel.querySelector(".complete")]) {
-            node.hidden = true;
-        }
-        const close = this.panel.querySelector(".close");
-        close.hidden = false;
+        this.panel.querySelector(".close").hidden = false;
+        this.showLabel();
+        this.showControls();
     }
 
     close() {
@@ -613,16 +693,22 @@ function moveTabFocus(event, pane) {
 // -- start ----------------------------------------------------------------------------------
 
 async function start() {
+    const notice = sessionStorage.getItem(NOTICE_KEY);
+    sessionStorage.removeItem(NOTICE_KEY);
     if (session !== null) {
-        // A reload: the session cookie still logs us in (no password prompt).
+        // A reload: the session cookie still logs us in, unless the session has ended (a 401,
+        // without a challenge: the browser asks nothing, this page does).
         try {
             const data = await api("GET", "/me");
             await enterDesk(data.user);
             return;
-        } catch {
+        } catch (error) {
             session = null;
             saveSession();
+            showStatus(ui.status, error.status === 401 ? SESSION_ENDED : `Could not resume: ${error.message}`, error.status !== 401);
         }
+    } else if (notice) {
+        showStatus(ui.status, notice);
     }
     ui.login.hidden = false;
     byId("username").focus();

@@ -1,7 +1,8 @@
 // What the customer page and the agent desk share: a chat transcript rendered from GMS
 // transcript events (deduplicated by index, as GMS clients must), the other side's typing
 // indicator, a typing notifier for our own side, and small DOM helpers.
-// Every text goes in with textContent: nothing a participant sends is parsed as HTML.
+// Every text goes in with textContent: nothing a participant sends is parsed as HTML; a
+// shared URL (PushUrl) becomes a link only when it parses as http(s).
 
 /** The element with this id (throws when the page lacks it: a bug, not a runtime state). */
 export function byId(id) {
@@ -52,18 +53,29 @@ function nickname(event) {
     return event.from?.nickname || event.from?.type || "someone";
 }
 
-/** The line a transcript shows for a non-message event, or null when it shows none. */
-function describe(event) {
+function reasonForLeave(event) {
+    return event.eventAttributes?.["general-properties"]?.["reason-for-leave"] ?? null;
+}
+
+/**
+ * The line a transcript shows for a non-message event, or null when it shows none. `onHold`:
+ * the agents who put the chat on hold (their next join is a return, not a new agent).
+ */
+function describe(event, onHold) {
     const who = nickname(event);
     switch (event.type) {
         case "ParticipantJoined":
-            return `${who} joined the chat`;
+            return event.from?.type === "Agent" && onHold.delete(who) ? `${who} is back` : `${who} joined the chat`;
         case "ParticipantLeft":
+            if (reasonForLeave(event) === "HOLD") {
+                onHold.add(who);
+                return `${who} put the chat on hold`;
+            }
             return `${who} left the chat`;
         case "NicknameUpdated":
             return `${who} is now called ${event.text ?? ""}`;
         case "PushUrl":
-            return `${who} shared a link: ${event.text ?? ""}`;
+            return `${who} shared a link: `; // the link itself follows (see render)
         case "FileUploaded":
             return `${who} sent a file: ${event.text ?? ""}`;
         case "FileDeleted":
@@ -78,6 +90,27 @@ function describe(event) {
     }
 }
 
+/**
+ * A shared URL as a link that opens in a new tab, or its plain text when it is not an
+ * http(s) URL (the text is the sender's: never a javascript: or data: link).
+ */
+function link(text) {
+    let url;
+    try {
+        url = new URL(text);
+    } catch {
+        return text;
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+        return text;
+    }
+    const anchor = element("a", "", text);
+    anchor.href = url.href;
+    anchor.target = "_blank";
+    anchor.rel = "noopener noreferrer";
+    return anchor;
+}
+
 export class Transcript {
     /**
      * list: the <ol> (an aria-live region); typing: where the other side's typing shows;
@@ -89,6 +122,7 @@ export class Transcript {
         this.isMine = isMine;
         this.lastIndex = 0;
         this.seen = new Set();
+        this.onHold = new Set();
     }
 
     /** Adds the events not seen yet (by index); returns how many visible lines it added. */
@@ -129,7 +163,7 @@ export class Transcript {
             item.append(element("span", "who", `${nickname(event)} ${time(event)}`.trim()));
             item.append(element("span", "text", event.text ?? ""));
         } else {
-            const line = describe(event);
+            const line = describe(event, this.onHold);
             if (line === null) {
                 return false;
             }
@@ -138,6 +172,9 @@ export class Transcript {
             }
             item.className = "system";
             item.textContent = line;
+            if (event.type === "PushUrl") {
+                item.append(link(event.text ?? ""));
+            }
         }
         this.insert(item, event.index);
         return true;
