@@ -31,6 +31,10 @@ from .routing_redis import redis_failures
 
 MAX_TOKEN_LENGTH = 64
 """Longer cookie values are no token of ours: refused without looking them up."""
+RECHECK_S = 1.0
+"""How long a node trusts a login it has just looked up in Redis: a desk sends a few requests
+a second, and a logout elsewhere takes effect here within this time."""
+MAX_CHECKED = 10_000
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ class RedisLoginStore(LoginStore):
         self._add = self._redis.register_script(_ADD)
         self._use_script = self._redis.register_script(_USE)
         self._remove_agent = self._redis.register_script(_REMOVE_AGENT)
+        self._checked: OrderedDict[str, tuple[AgentLogin, float]] = OrderedDict()
+        """token -> (login, when Redis last confirmed it), oldest first."""
 
     def login_key(self, token: str) -> str:
         return f"{self.prefix}:agent-login:{token}"
@@ -179,15 +185,25 @@ class RedisLoginStore(LoginStore):
             await self._add(keys=keys, args=args)
 
     async def _use(self, token: str) -> AgentLogin | None:
+        checked = self._checked.get(token)
+        if checked is not None and time.monotonic() - checked[1] < RECHECK_S:
+            return checked[0]
         args: list[str | int] = [self._ttl_ms(), _now_ms(), self.index_key(""), token]
         with redis_failures():
             found = await self._use_script(keys=[self.login_key(token)], args=args)
+        self._checked.pop(token, None)
         if not found:
             return None
         name, csrf = (value.decode() if isinstance(value, bytes) else value for value in found)
-        return AgentLogin(token, name, csrf)
+        login = AgentLogin(token, name, csrf)
+        self._checked[token] = (login, time.monotonic())
+        if len(self._checked) > MAX_CHECKED:
+            self._checked.popitem(last=False)
+        return login
 
     async def remove_agent(self, name: str) -> None:
+        for token in [t for t, (login, _) in self._checked.items() if login.name == name]:
+            del self._checked[token]
         keys = [self.index_key(name)]
         with redis_failures():
             await self._remove_agent(keys=keys, args=[self.login_key("")])

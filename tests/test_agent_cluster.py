@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import configparser
 import itertools
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from bayeux.redis_engine import RedisEngine
 from chat.agent_api import AGENT_BAYEUX, ROUTER
+from chat.agent_logins import RECHECK_S
 from chat.config import ChatConfig, load_config
 from chat.redis_store import RedisChatStore
 from tests.conftest import TIMEOUT_MS
@@ -212,6 +214,24 @@ async def test_logging_out_on_one_node_ends_the_login_on_every_node(
         401,
         {"statusCode": 20, "statusMessage": "Not authenticated"},
     )
+
+
+async def test_a_node_that_just_checked_a_login_learns_of_its_logout_within_a_second(
+    make_cluster: Cluster,
+) -> None:
+    """A node trusts a login it has just confirmed for RECHECK_S (no Redis call per request
+    of a busy desk); a logout on another node reaches it within that time."""
+    one, two = await make_cluster.nodes()
+    alice = one.agent("alice")
+    await alice.login()
+    assert (await alice.get("/api/v2/me"))[0] == 200
+    alice.move_to(two.server)
+    await alice.ok("/api/v2/me", "EndContactCenterSession")
+    alice.move_to(one.server)
+    started = time.monotonic()
+    while (await alice.get("/api/v2/me"))[0] != 401:
+        assert time.monotonic() - started < RECHECK_S + 0.5
+        await asyncio.sleep(0.05)
 
 
 # -- nodes that stop or die ------------------------------------------------------------------
