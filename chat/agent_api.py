@@ -65,10 +65,10 @@ from .agents import (
 )
 from .auth import BasicAuth, decode_basic
 from .config import ChatConfig, truthy
-from .engine import ChatEngine
+from .engine import Cause, ChatEngine
 from .errors import ChatError
 from .redis_store import RedisChatStore
-from .routing import Router, RoutingError, chat_not_found
+from .routing import Route, Router, RoutingError, chat_not_found
 from .routing_redis import RedisRoutingStore
 from .routing_store import MemoryRoutingStore, RoutingStore
 from .store import ChatStore, StoreUnavailable
@@ -323,6 +323,21 @@ _STATUS: dict[int, type[web.HTTPException]] = {
 }
 
 
+@dataclass(frozen=True)
+class _ChatOperation:
+    """One agent operation on a chat, with the chat's route as its permission check read it.
+
+    That route is also the one its event is delivered by (saving a read per event): the agent
+    owned the chat when it was read, and the event commits only while the agent is still in
+    the chat (hold, transfer and leave take the agent out; the commit's version check sees
+    it), so the event is delivered as if made at the check, before any move in between."""
+
+    agent: str
+    chat_id: str
+    body: dict[str, Any]
+    route: Route
+
+
 class _AgentApi:
     def __init__(
         self, chat: ChatEngine, router: Router, sessions: AgentSessions, bayeux: BayeuxServer
@@ -438,7 +453,8 @@ class _AgentApi:
     async def chat_operation(self, request: web.Request) -> web.Response:
         name = await self._agent(request)
         chat_id = request.match_info["chat_id"]
-        state = await self._run(self.router.chat_state(name, chat_id))
+        route = await self._run(self.router.route(chat_id))
+        state = route.state_for(name) if route is not None else None
         if state is None:
             raise _routing_failure(chat_not_found())
         operation, body = await self._operation(request)
@@ -448,59 +464,63 @@ class _AgentApi:
         if operation not in CAPABILITIES[state]:
             problem = f"{operation} is not possible while the chat is {state}"
             raise failure(400, INVALID_STATE, problem)
-        await self._run(perform(self, name, chat_id, body))
+        await self._run(perform(self, _ChatOperation(name, chat_id, body, route)))
         return ok()
 
     # -- chat operations (each one of a chat's capabilities) -------------------------------
-    async def _accept(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        await self.router.accept(name, chat_id)
+    async def _accept(self, op: _ChatOperation) -> None:
+        await self.router.accept(op.agent, op.chat_id)
 
-    async def _reject(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        await self.router.reject(name, chat_id)
+    async def _reject(self, op: _ChatOperation) -> None:
+        await self.router.reject(op.agent, op.chat_id)
 
-    async def _send_message(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        text = _text(body, "text")
-        await self.engine.agent_event(chat_id, name, m.MESSAGE, text)
+    async def _send_message(self, op: _ChatOperation) -> None:
+        await self._agent_event(op, m.MESSAGE, _text(op.body, "text"))
 
-    async def _start_typing(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        await self.engine.agent_event(chat_id, name, m.TYPING_STARTED)
+    async def _start_typing(self, op: _ChatOperation) -> None:
+        await self._agent_event(op, m.TYPING_STARTED)
 
-    async def _stop_typing(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        await self.engine.agent_event(chat_id, name, m.TYPING_STOPPED)
+    async def _stop_typing(self, op: _ChatOperation) -> None:
+        await self._agent_event(op, m.TYPING_STOPPED)
 
-    async def _send_url(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        url = _text(body, "pushUrl")
+    async def _send_url(self, op: _ChatOperation) -> None:
+        url = _text(op.body, "pushUrl")
         if len(url) > MAX_URL_LENGTH or not url.startswith(("http://", "https://")):
             problem = f"pushUrl must be an http(s) URL of at most {MAX_URL_LENGTH} characters"
             raise failure(400, INVALID_INPUT, problem)
-        await self.engine.agent_event(chat_id, name, m.PUSH_URL, url)
+        await self._agent_event(op, m.PUSH_URL, url)
 
-    async def _send_custom_notice(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        text = _text(body, "text")
-        await self.engine.agent_event(chat_id, name, m.CUSTOM_NOTICE, text)
+    async def _send_custom_notice(self, op: _ChatOperation) -> None:
+        await self._agent_event(op, m.CUSTOM_NOTICE, _text(op.body, "text"))
 
-    async def _place_on_hold(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        await self.router.place_on_hold(name, chat_id)
+    async def _agent_event(self, op: _ChatOperation, kind: str, text: str | None = None) -> None:
+        """The agent's event, with the route the operation checked: the router delivers it
+        by that route instead of reading the route again (see `_ChatOperation`)."""
+        cause = Cause("agent", route=op.route)
+        await self.engine.agent_event(op.chat_id, op.agent, kind, text, cause=cause)
 
-    async def _release_hold(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        await self.router.release_hold(name, chat_id)
+    async def _place_on_hold(self, op: _ChatOperation) -> None:
+        await self.router.place_on_hold(op.agent, op.chat_id)
 
-    async def _transfer(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        target, queue = body.get("agent"), body.get("queue")
+    async def _release_hold(self, op: _ChatOperation) -> None:
+        await self.router.release_hold(op.agent, op.chat_id)
+
+    async def _transfer(self, op: _ChatOperation) -> None:
+        target, queue = op.body.get("agent"), op.body.get("queue")
         if target is not None and queue is not None:
             raise failure(400, INVALID_INPUT, "Transfer to an agent or to a queue, not both")
         for field, value in (("agent", target), ("queue", queue)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise failure(400, INVALID_INPUT, f"{field} must be a non-empty string")
-        await self.router.transfer(name, chat_id, to_agent=target, to_queue=queue)
+        await self.router.transfer(op.agent, op.chat_id, to_agent=target, to_queue=queue)
 
-    async def _complete(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        await self.engine.complete(chat_id)
+    async def _complete(self, op: _ChatOperation) -> None:
+        await self.engine.complete(op.chat_id)
 
-    async def _leave(self, name: str, chat_id: str, body: dict[str, Any]) -> None:
-        await self.router.leave(name, chat_id)
+    async def _leave(self, op: _ChatOperation) -> None:
+        await self.router.leave(op.agent, op.chat_id)
 
-    _operations: dict[str, Callable[[_AgentApi, str, str, dict[str, Any]], Awaitable[None]]] = {
+    _operations: dict[str, Callable[[_AgentApi, _ChatOperation], Awaitable[None]]] = {
         "Accept": _accept,
         "Reject": _reject,
         "SendMessage": _send_message,

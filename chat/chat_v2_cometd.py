@@ -168,6 +168,8 @@ class Call:
     params: Params
     chat: ChatSession | None = None
     """The chat, once identified (error notifications then carry its state)."""
+    check: Callable[[ChatSession], None] | None = None
+    """What the chat must still be when the operation changes it (see `_bound_chat`)."""
 
     @property
     def session(self) -> ServerSession:
@@ -175,7 +177,7 @@ class Call:
 
     @property
     def cause(self) -> Cause:
-        return Cause("client", "cometd", self.session.id)
+        return Cause("client", "cometd", self.session.id, check=self.check)
 
 
 @dataclass
@@ -369,9 +371,11 @@ class CometdChat:
         return Reply(outcome.session, credentials=False)
 
     # -- checks --------------------------------------------------------------------------
-    async def _lookup(self, call: Call, key: str, allow_ended: bool = False) -> ChatSession:
+    async def _lookup(
+        self, call: Call, key: str, allow_ended: bool = False, recent: bool = False
+    ) -> ChatSession:
         """The chat the secure key opens, on this channel's service (249 otherwise)."""
-        chat = await self.chat.by_secure_key(key, allow_ended)
+        chat = await self.chat.by_secure_key(key, allow_ended, recent)
         if chat.service != call.service:
             raise e.session_not_found()
         call.chat = chat
@@ -379,17 +383,35 @@ class CometdChat:
 
     async def _bound_chat(self, call: Call) -> ChatSession:
         """The chat of an operation other than requestChat and requestNotifications: the
-        key's chat, which must be bound to this client."""
+        key's chat, which must be bound to this client.
+
+        Checked first on the copy this node last saw (no read); the operation's change
+        checks again on the chat it commits (`call.check`), and a copy that fails is read
+        again, so a change made on another node meanwhile is never missed."""
         key = call.params.text("secureKey", e.SECURE_KEY_MISSING)
         call.params.check()
         assert key is not None
-        chat = await self._lookup(call, key)
-        if chat.binding is None or chat.binding.client_id != call.session.id:
-            raise _error(
-                e.CHAT_ALREADY_BOUND,
-                "the chat is not bound to this CometD connection: send requestNotifications",
-            )
+        chat = await self._lookup(call, key, recent=True)
+        if not _bound_to(chat, call.session.id):
+            chat = await self._lookup(call, key)
+        call.check = self._still_bound(call, key)
+        call.check(chat)
         return chat
+
+    def _still_bound(self, call: Call, key: str) -> Callable[[ChatSession], None]:
+        """What `_bound_chat` checks, for the chat an operation changes (249 or 311)."""
+
+        def check(chat: ChatSession) -> None:
+            call.chat = chat  # for the error notification's state
+            if not self.chat.key_opens(chat, key):
+                raise e.session_not_found()
+            if not _bound_to(chat, call.session.id):
+                raise _error(
+                    e.CHAT_ALREADY_BOUND,
+                    "the chat is not bound to this CometD connection: send requestNotifications",
+                )
+
+        return check
 
     async def _check_one_chat(self, call: Call, chat_id: str | None) -> None:
         """311 when this client is bound to another chat (unless it ended and the
@@ -518,6 +540,10 @@ class CometdChat:
         """Wait for pending binding updates (for tests and shutdown)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _bound_to(chat: ChatSession, client_id: str) -> bool:
+    return chat.binding is not None and chat.binding.client_id == client_id
 
 
 def _own_operation(cause: Cause, binding: Binding) -> bool:

@@ -52,9 +52,17 @@ class Cause:
     """For client changes: `rest`, `cometd` or `chat-ntf`."""
     client_id: str | None = None
     """The Bayeux client whose CometD operation made the change."""
+    route: Any = None
+    """For agent changes: the chat's routing record as the operation checked it just before
+    (the agent API does), so that the router need not read it again; the engine ignores it."""
+    check: Callable[[ChatSession], None] | None = None
+    """What the chat must still be for the change (it raises a ChatError otherwise): run on
+    the chat actually changed, so an operation that checked a copy this node kept (see
+    `by_secure_key`) holds on the chat the commit's version check vouches for."""
 
 
 CLIENT_REST = Cause("client", "rest")
+BY_AGENT = Cause("agent")
 SYSTEM = Cause("system")
 
 
@@ -101,14 +109,24 @@ class ChatEngine:
         return service
 
     # -- finding a chat ------------------------------------------------------------------
-    async def by_secure_key(self, key: str, allow_ended: bool = False) -> ChatSession:
+    async def by_secure_key(
+        self, key: str, allow_ended: bool = False, recent: bool = False
+    ) -> ChatSession:
         """The chat a CometD or chat-ntf secure key opens (249 if none, or if it ended and
-        `allow_ended` is false)."""
+        `allow_ended` is false). `recent`: the copy this node last saw may do (no read), for
+        an operation that checks again on the chat it changes (`Cause.check`); a copy that
+        does not pass is read again."""
         chat_id = await self._store(self.store.find_by_secure_key(key))
         if chat_id is None:
             raise e.session_not_found()
-        session = await self.load(chat_id, allow_ended)
-        if not self._key_opens(session, key):  # a store may remember a key past its grace
+        if recent:
+            with contextlib.suppress(e.ChatError):
+                copy = await self._store(self.store.load_for_change(chat_id))
+                return self._opened_by(_open(copy, allow_ended), key)
+        return self._opened_by(await self.load(chat_id, allow_ended), key)
+
+    def _opened_by(self, session: ChatSession, key: str) -> ChatSession:
+        if not self.key_opens(session, key):  # a store may remember a key past its grace
             raise e.session_not_found()
         return session
 
@@ -117,7 +135,7 @@ class ChatEngine:
     ) -> ChatSession:
         """A REST request's chat: its userId and secureKey must match (249 otherwise)."""
         session = await self.load(chat_id, allow_ended=True)
-        if session.user_id != user_id or not self._key_opens(session, key):
+        if session.user_id != user_id or not self.key_opens(session, key):
             raise e.session_not_found()
         if (session.ended and not allow_ended) or session.client_left:
             raise e.session_not_found()
@@ -131,7 +149,7 @@ class ChatEngine:
     async def load(self, chat_id: str, allow_ended: bool = False) -> ChatSession:
         return _open(await self._store(self.store.load(chat_id)), allow_ended)
 
-    def _key_opens(self, session: ChatSession, key: str) -> bool:
+    def key_opens(self, session: ChatSession, key: str) -> bool:
         if key == session.secure_key:
             return True
         grace_ms = self.config.secure_key_grace_s * 1000
@@ -286,7 +304,7 @@ class ChatEngine:
             session.state = m.ACTIVE
             return [self.event(m.PARTICIPANT_JOINED, party)]
 
-        return await self.change(chat_id, change, Cause("agent"))
+        return await self.change(chat_id, change, BY_AGENT)
 
     async def agent_leave(self, chat_id: str, agent_id: str, reason: str | None = None) -> Outcome:
         """An agent leaves; HOLD and TRANSFER keep the chat open, and the last agent leaving
@@ -309,7 +327,7 @@ class ChatEngine:
                 self._end(session, "agent-left")
             return events
 
-        return await self.change(chat_id, change, Cause("agent"))
+        return await self.change(chat_id, change, BY_AGENT)
 
     async def agent_event(
         self,
@@ -321,6 +339,7 @@ class ChatEngine:
         visible: bool = True,
         user_data: dict[str, str] | None = None,
         message_type: str | None = None,
+        cause: Cause = BY_AGENT,
     ) -> Outcome:
         """A Message, typing, PushUrl, CustomNotice or Notice from a joined agent; `visible`
         False makes an internal event the client never sees (it still takes an index)."""
@@ -333,7 +352,7 @@ class ChatEngine:
             event.visible = visible
             return [event]
 
-        return await self.change(chat_id, change, Cause("agent"))
+        return await self.change(chat_id, change, cause)
 
     async def external_event(
         self, chat_id: str, text: str, kind: str = m.MESSAGE, nickname: str = SYSTEM_NICKNAME
@@ -355,7 +374,7 @@ class ChatEngine:
             self._end(session, "completed")
             return events
 
-        return await self.change(chat_id, change, Cause("agent"))
+        return await self.change(chat_id, change, BY_AGENT)
 
     async def rotate_secure_key(self, chat_id: str) -> ChatSession:
         """Give the chat a new key; the old one keeps working for `secure_key_grace_s`."""
@@ -390,10 +409,10 @@ class ChatEngine:
             async with self._lock(chat_id):
                 try:
                     recent = await self._store(self.store.load_for_change(chat_id))
-                    session, before, events = _applied(change, recent, allow_ended)
+                    session, before, events = _applied(change, recent, allow_ended, cause)
                 except e.ChatError:  # the copy this node kept may be stale: ask the store
                     stored = await self._store(self.store.load(chat_id))
-                    session, before, events = _applied(change, stored, allow_ended)
+                    session, before, events = _applied(change, stored, allow_ended, cause)
                 if not events and session.to_record() == before:
                     return Outcome(session, [])  # nothing to write
                 self._number(session, events)
@@ -446,8 +465,8 @@ class ChatEngine:
             if session.ended and any(ev.type in _ENDING for ev in events):
                 retention = self.config.ended_session_retention_s
                 await self.store.retire(session.chat_id, retention)
-                await self.store.cancel(session.chat_id, IDLE_ALERT_TIMER)
-                await self.store.cancel(session.chat_id, IDLE_CLOSE_TIMER)
+                idle_timers = (IDLE_ALERT_TIMER, IDLE_CLOSE_TIMER)
+                await self.store.set_timers(session.chat_id, {}, cancel=idle_timers)
             elif any(ev.type == m.MESSAGE and ev.visible for ev in events):
                 await self._arm_idle_timers(session)
         except (StoreUnavailable, e.ChatError):
@@ -498,13 +517,14 @@ class ChatEngine:
             return
         alert_ms = int(service.idle_alert_timeout_s * 1000)
         close_ms = int(service.idle_close_timeout_s * 1000)
-        await self._store(self.store.cancel(session.chat_id, IDLE_CLOSE_TIMER))
-        if alert_ms > 0:
-            due = session.last_message_at + alert_ms
-            await self._store(self.store.schedule(session.chat_id, IDLE_ALERT_TIMER, due))
+        if alert_ms > 0:  # the alert comes first, and then arms the close
+            due = {IDLE_ALERT_TIMER: session.last_message_at + alert_ms}
+            cancel: tuple[str, ...] = (IDLE_CLOSE_TIMER,)
         elif close_ms > 0:
-            due = session.last_message_at + close_ms
-            await self._store(self.store.schedule(session.chat_id, IDLE_CLOSE_TIMER, due))
+            due, cancel = {IDLE_CLOSE_TIMER: session.last_message_at + close_ms}, ()
+        else:
+            return  # no idle control on this service: no timer to move (see `_fire`)
+        await self._store(self.store.set_timers(session.chat_id, due, cancel))
 
     async def _timers_forever(self) -> None:
         while True:
@@ -532,8 +552,8 @@ class ChatEngine:
         def change(session: ChatSession) -> list[Event]:
             service = self.service(session.service)
             idle_for = m.now_ms() - session.last_message_at
-            if idle_for < service.idle_alert_timeout_s * 1000:
-                return []  # a message came in meanwhile
+            if service.idle_alert_timeout_s <= 0 or idle_for < service.idle_alert_timeout_s * 1000:
+                return []  # a message came in meanwhile (or a timer older than the config)
             party = self._external(session, SYSTEM_NICKNAME)
             return [self.event(m.IDLE_ALERT, party, service.idle_alert_text)]
 
@@ -551,8 +571,8 @@ class ChatEngine:
         def change(session: ChatSession) -> list[Event]:
             service = self.service(session.service)
             limit = (service.idle_alert_timeout_s + service.idle_close_timeout_s) * 1000
-            if m.now_ms() - session.last_message_at < limit:
-                return []
+            if service.idle_close_timeout_s <= 0 or m.now_ms() - session.last_message_at < limit:
+                return []  # as in `_idle_alert`: messages only cancel timers there are
             party = self._external(session, SYSTEM_NICKNAME)
             close = self.event(m.IDLE_CLOSE, party, service.idle_close_text)
             self._end(session, "idle")
@@ -575,10 +595,12 @@ def _open(session: ChatSession | None, allow_ended: bool) -> ChatSession:
 
 
 def _applied(
-    change: Change, session: ChatSession | None, allow_ended: bool
+    change: Change, session: ChatSession | None, allow_ended: bool, cause: Cause
 ) -> tuple[ChatSession, dict[str, Any], list[Event]]:
     """The chat changed, its record from before, and the change's new events."""
     session = _open(session, allow_ended)
+    if cause.check is not None:
+        cause.check(session)
     before = session.to_record()
     return session, before, change(session)
 

@@ -187,6 +187,17 @@ class RedisChatStore(ChatStore):
     async def cancel(self, chat_id: str, kind: str) -> None:
         await self._call(self._redis.zrem(self.timers_key(), _member(chat_id, kind)))
 
+    async def set_timers(
+        self, chat_id: str, due: dict[str, int], cancel: tuple[str, ...] = ()
+    ) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if cancel:
+                pipe.zrem(self.timers_key(), *(_member(chat_id, kind) for kind in cancel))
+            if due:
+                members = {_member(chat_id, kind): due_ms for kind, due_ms in due.items()}
+                pipe.zadd(self.timers_key(), members)
+            await self._call(pipe.execute())
+
     async def claim_due(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]:
         limit = max(0, min(limit, _MAX_CLAIM))
         if limit == 0:

@@ -534,7 +534,8 @@ class Router:
             return
         visible = [event.to_wire() for event in events if event.visible]
         if visible:
-            route = await self.route(chat_id)
+            # An agent operation passes the route it checked (agent_api._ChatOperation).
+            route = cause.route if isinstance(cause.route, Route) else await self.route(chat_id)
             if route is not None and route.agent and route.status in (ASSIGNED, HELD):
                 data = {
                     "messageType": "ChatStateChangeMessage",

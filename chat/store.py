@@ -73,6 +73,17 @@ class ChatStore(ABC):
     @abstractmethod
     async def cancel(self, chat_id: str, kind: str) -> None: ...
 
+    async def set_timers(
+        self, chat_id: str, due: dict[str, int], cancel: tuple[str, ...] = ()
+    ) -> None:
+        """Cancel the chat's timers of the `cancel` kinds, then set (or move) those in `due`
+        (kind -> due ms): what a message does to the idle timers, in one round trip where
+        the store is across the network."""
+        for kind in cancel:
+            await self.cancel(chat_id, kind)
+        for kind, due_ms in due.items():
+            await self.schedule(chat_id, kind, due_ms)
+
     @abstractmethod
     async def claim_due(self, now_ms: int, limit: int = 100) -> list[tuple[str, str]]:
         """Timers due by now, each handed to exactly one caller (one node)."""

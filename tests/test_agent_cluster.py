@@ -161,6 +161,45 @@ async def test_transfer_and_logout_timeout_across_nodes(make_cluster: Cluster) -
     assert await bob.state() == "LoggedOut"
 
 
+async def test_events_follow_a_chat_transferred_on_the_other_node(make_cluster: Cluster) -> None:
+    """Nodes read a chat's route afresh for every operation and event: once alice's chat
+    has gone to bob through node two, node one refuses alice's operations and delivers the
+    chat's events to bob, though node one delivered them to alice just before."""
+    one, two = await make_cluster.nodes()
+    alice, bob = one.agent("alice"), two.agent("bob")
+    await alice.ready()
+    customer = await one.accepted_chat(alice)
+    chat = customer.chat_id
+    await alice.ok(f"/api/v2/me/chats/{chat}", "SendMessage", text="alice here")
+    while not [m for m in await alice.new_messages(chat) if m.get("text") == "alice here"]:
+        pass  # (her ParticipantJoined comes first)
+    await customer.call("send", message="hi alice")  # on node one
+    assert await alice.client_message(chat) == "hi alice"
+
+    await bob.ready()
+    alice.move_to(two.server)
+    await alice.ok(f"/api/v2/me/chats/{chat}", "Transfer", agent="bob")
+    assert await bob.invitation() == chat
+    await bob.ok(f"/api/v2/me/chats/{chat}", "Accept")
+    await bob.next(lambda d: chat_state(d) == "Accepted")
+
+    alice.move_to(one.server)
+    status, body = await alice.chat_op(chat, "SendMessage", text="still me?")
+    assert (status, body["statusCode"]) == (404, 6)
+    await customer.call("send", message="hi bob")  # on node one, which served alice
+    assert await bob.client_message(chat) == "hi bob"
+    await bob.ok(f"/api/v2/me/chats/{chat}", "SendMessage", text="bob here")
+    assert ("Message", "Agent", "bob here") in await customer.events()
+    await alice.connect()
+    texts = [
+        message.get("text")
+        for received in alice.received
+        if received["data"].get("notificationType") == "NewMessages"
+        for message in received["data"]["messages"]
+    ]
+    assert "hi bob" not in texts and "bob here" not in texts
+
+
 # -- logins ------------------------------------------------------------------------------
 
 

@@ -500,6 +500,21 @@ async def test_the_end_of_a_chat_cancels_its_idle_timers(make_engine: EngineFact
     assert await engine.store.claim_due(m.now_ms() + 10_000) == []
 
 
+async def test_without_idle_control_a_timer_left_by_an_older_config_does_nothing(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(config())  # no idle timeouts: messages set no idle timers
+    chat = (await new_chat(engine)).chat_id
+    await engine.client_event(chat, m.MESSAGE, "hello")
+    assert await engine.store.claim_due(m.now_ms() + 10_000) == []
+    # Timers armed when the service had idle control (another node, or before a restart):
+    await engine.store.set_timers(chat, {"idle-alert": m.now_ms(), "idle-close": m.now_ms()})
+    await asyncio.sleep(0.1)
+    assert not (await engine.load(chat)).ended
+    assert recorder(engine).types(chat) == [m.PARTICIPANT_JOINED, m.MESSAGE]
+    assert await engine.store.claim_due(m.now_ms() + 10_000) == []  # fired, not re-armed
+
+
 # -- several nodes ---------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ RedisChatStore (its own connections, as another node would have) on the same Red
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -113,6 +114,46 @@ async def test_create_then_load_gives_the_same_chat_at_version_1(
     assert await peer.events(session.chat_id) == first
     assert await peer.load("NoSuchChat") is None
     assert await peer.events("NoSuchChat") == []
+
+
+def test_a_sessions_record_is_what_asdict_gives_and_shares_nothing_mutable() -> None:
+    session = new_session(
+        subject="help",
+        email="ann@example.com",
+        user_data={"k": "v"},
+        state=m.ENDED,
+        end_reason="completed",
+        ended_at=5,
+        client_left=True,
+        agents={"a1": Party("Bob", 2, m.AGENT)},
+        external=Party("system", 3, m.EXTERNAL),
+        next_participant_id=4,
+        last_index=7,
+        read_mark=6,
+        last_message_at=9,
+        binding=Binding("client-1", "node-a"),
+        push={"push_notification_deviceid": "d"},
+        previous_secure_key="old",
+        rotated_at=8,
+        version=3,
+        extra={"files": [{"id": "f1", "tags": ["a"]}], "v1": {"n": (1, 2)}},
+    )
+    expected = dataclasses.asdict(session)
+    expected["client"] = session.client.to_wire()
+    expected["agents"] = {"a1": session.agents["a1"].to_wire()}
+    expected["external"] = session.external.to_wire() if session.external else None
+    record = session.to_record()
+    assert record == expected
+    assert list(record) == list(expected)  # same JSON, byte for byte
+    for name in ("user_data", "push", "binding", "extra"):
+        assert record[name] is not expected[name]
+    record["extra"]["files"][0]["tags"].append("b")
+    record["user_data"]["k"] = "changed"
+    assert session.extra["files"][0]["tags"] == ["a"]
+    assert session.user_data == {"k": "v"}
+    assert ChatSession.from_record(session.to_record()) == session
+    bare = new_session()
+    assert bare.to_record()["binding"] is None and bare.to_record()["push"] is None
 
 
 async def test_creating_an_existing_chat_fails(store: ChatStore) -> None:
@@ -264,6 +305,21 @@ async def test_timers_fire_once_when_due_and_can_be_moved_and_cancelled(
     await store.schedule("c", "alert", 1000)
     await store.schedule("c", "alert", 120)  # moved earlier
     assert await peer.claim_due(450) == [("c", "alert"), ("b", "alert")]
+    assert await peer.claim_due(10_000) == []
+
+
+async def test_set_timers_cancels_then_sets_a_chats_timers_in_one_call(
+    store: ChatStore, peer: ChatStore
+) -> None:
+    await store.schedule("a", "close", 100)
+    await store.schedule("b", "close", 100)
+    await store.set_timers("a", {"alert": 200}, cancel=("close", "never"))
+    await store.set_timers("b", {"close": 300})  # moved
+    await store.set_timers("c", {})  # nothing to do
+    assert await peer.claim_due(250) == [("a", "alert")]
+    assert await peer.claim_due(10_000) == [("b", "close")]
+    await store.set_timers("a", {"alert": 400, "close": 500})
+    await store.set_timers("a", {}, cancel=("alert", "close"))
     assert await peer.claim_due(10_000) == []
 
 

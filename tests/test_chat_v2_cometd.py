@@ -471,6 +471,29 @@ async def test_76_request_notifications_from_another_client_moves_the_binding(gm
     assert chat.binding is not None and chat.binding.client_id == laptop.client_id
 
 
+@pytest.mark.parametrize("make_gms", ["redis"], indirect=True)  # two nodes need Redis
+async def test_a_binding_moved_on_another_node_stops_the_client_this_node_saw_bound(
+    make_gms: GmsFactory, redis_server: RedisServer
+) -> None:
+    """Node one checks an operation's chat on the copy it last saw (still bound to the
+    phone); the operation's commit checks again on the chat as stored, bound elsewhere."""
+    one, two = [
+        await make_gms(store=RedisProbeStore(redis_server.url, prefix=f"moved{id(make_gms)}"))
+        for _ in range(2)
+    ]
+    phone = await one.chatting()
+    assert (await phone.op("sendMessage", message="hi"))["statusCode"] == 0
+    laptop = await two.customer()
+    laptop.key = phone.key
+    assert (await laptop.op("requestNotifications"))["statusCode"] == 0
+    refused = await phone.op("sendMessage", message="me too")
+    assert (refused["statusCode"], refused["errors"][0]["code"]) == (2, 311)
+    chat = await two.chat_of(phone)
+    assert chat.binding is not None and chat.binding.client_id == laptop.client_id
+    assert chat.last_index == 3  # joined, agent joined, "hi"
+    assert (await laptop.op("sendMessage", message="from the laptop"))["statusCode"] == 0
+
+
 async def test_77_basic_auth_accepts_open_and_encoded_credentials_only(gms: Gms) -> None:
     encoded = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     wrong = base64.b64encode(f"{USER}:nope".encode()).decode()
