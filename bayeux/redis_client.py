@@ -15,13 +15,20 @@ def open_redis(
 
     redis-py's default pool raises `MaxConnectionsError` at once instead, which a burst of
     concurrent requests (a thousand chats on one node) reaches; waiting lets commands queue
-    for a moment, and a wait that runs out raises a `RedisError` callers already handle."""
+    for a moment, and a wait that runs out raises a `RedisError` callers already handle.
+
+    No per-command socket timeout: redis-py would arm two asyncio timeouts per command (the
+    write and the read), about a tenth of a chat node's CPU (load/README.md). A Redis that
+    stops answering without closing its connections is caught instead by the engine's
+    heartbeat (which has its own deadline and turns the node unhealthy), by TCP keepalive,
+    and by this pool: once its connections hang, further commands fail after `wait`."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=wait,
         socket_connect_timeout=2,
-        socket_timeout=5,
+        socket_timeout=None,
+        socket_keepalive=True,
         health_check_interval=0,
     )
     return aioredis.Redis.from_pool(pool)

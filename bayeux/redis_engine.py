@@ -436,7 +436,8 @@ class RedisEngine(Engine):
             await asyncio.sleep(self.heartbeat)
             beat += 1
             try:
-                await self._heartbeat()
+                async with asyncio.timeout(self.node_timeout):  # Redis may hang, not fail
+                    await self._heartbeat()
                 if beat % 10 == 0:
                     await self._trim_streams()
                 if not self._pubsub.subscribed:
@@ -444,7 +445,7 @@ class RedisEngine(Engine):
                 if not self._healthy:
                     log.info("Redis is back")
                 self._healthy = True
-            except (RedisError, OSError, EngineUnavailable) as exc:
+            except (RedisError, OSError, EngineUnavailable, TimeoutError) as exc:
                 self._mark_unhealthy(exc)
             except Exception:  # never let the watch die: it is what brings the node back
                 log.exception("Redis watch failed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -210,6 +211,27 @@ async def test_when_redis_goes_away_publishes_fail_clearly_and_the_node_recovers
     await eventually(lambda: redis_server.client().pubsub_numsub(b"bayeux:c:/r")[0][1] == 1)
     assert (await publisher.publish("/r", "after"))["successful"] is True
     await eventually(lambda: listener.link.data_on("/r") == ["after"])
+
+
+async def test_a_redis_that_hangs_without_failing_turns_the_node_unhealthy(
+    redis_server: RedisServer,
+) -> None:
+    """Commands carry no socket timeout (they would cost a tenth of a busy node's CPU), so a
+    Redis that stops answering (SIGSTOP) is caught by the heartbeat's own deadline."""
+    engine = RedisEngine(redis_server.url, node_id="hung", heartbeat=0.1, node_timeout=0.5)
+    server = BayeuxServer(BayeuxOptions(), engine=engine)
+    await server.start()
+    publisher = await connect(server)
+    assert redis_server.process is not None
+    try:
+        redis_server.process.send_signal(signal.SIGSTOP)
+        await eventually(lambda: not engine.healthy, timeout=3)
+        assert (await publisher.publish("/h", "x"))["error"] == "503::engine_unavailable"
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    await eventually(lambda: engine.healthy, timeout=5)
+    assert (await publisher.publish("/h", "y"))["successful"] is True
+    await server.close()
 
 
 async def test_nodes_register_and_a_silent_node_is_reported_lost_once(
