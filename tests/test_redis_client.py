@@ -35,3 +35,18 @@ async def test_redis_pys_default_pool_would_have_failed_the_same_burst(
             await burst(client, 30)
     finally:
         await client.aclose()
+
+
+async def test_a_wait_for_a_connection_is_bounded(redis_server: RedisServer) -> None:
+    """A Redis that holds every connection (here: one slow command) fails the next command
+    after `wait`, instead of queueing it for ever."""
+    client = open_redis(redis_server.url, max_connections=1, wait=0.1)
+    try:
+        slow = asyncio.ensure_future(client.blpop(["absent"], timeout=0.5))
+        await asyncio.sleep(0.02)
+        with pytest.raises(MaxConnectionsError):
+            await client.get("k")
+        assert await slow is None
+        assert await client.get("k") is None  # the connection came back
+    finally:
+        await client.aclose()
