@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from bayeux.redis_client import open_redis
 
-from .routing_redis import redis_failures
+from .store import redis_failures
 
 MAX_TOKEN_LENGTH = 64
 """Longer cookie values are no token of ours: refused without looking them up."""

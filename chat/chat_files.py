@@ -68,7 +68,7 @@ from .chat_v2_rest import (
 from .config import ChatConfig, FileOptions
 from .engine import CLIENT_REST, Cause, ChatEngine, Outcome, event_time
 from .model import ChatSession, Event, Party
-from .store import StoreUnavailable
+from .store import StoreUnavailable, redis_failures
 
 log = logging.getLogger("gms.chat.files")
 
@@ -282,10 +282,8 @@ class RedisFileStore(FileStore):
             yield chunk
 
     async def call(self, command: Awaitable[Any]) -> Any:
-        try:
+        with redis_failures():
             return await command
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"file store: {exc}") from exc
 
     @property
     def redis(self) -> aioredis.Redis:

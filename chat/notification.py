@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from bayeux.redis_client import open_redis
 
-from .store import StoreUnavailable
+from .store import redis_failures
 
 TAG_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 FILTER_RE = re.compile(r"^(\*|[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*(\.\*)?)$")
@@ -256,26 +255,20 @@ class RedisSubscriptions(SubscriptionStore):
             subscription.subscriber_id,
             max(1, round(ttl_s * 1000)),
         ]
-        try:
+        with redis_failures():
             await self._add(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
 
     async def get(self, subscription_id: str) -> Subscription | None:
-        try:
+        with redis_failures():
             raw = await self._redis.hget(self.sub_key(subscription_id), "data")
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
         return Subscription.from_json(raw) if raw else None
 
     async def delete(self, subscription_id: str) -> bool:
-        try:
+        with redis_failures():
             return bool(await self._delete_one(subscription_id))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
 
     async def delete_subscriber(self, subscriber_id: str) -> int:
-        try:
+        with redis_failures():
             ids = await self._redis.smembers(self.subscriber_key(subscriber_id))
             deleted = 0
             for raw_id in ids:
@@ -284,8 +277,6 @@ class RedisSubscriptions(SubscriptionStore):
             if ids:
                 await self._redis.srem(self.subscriber_key(subscriber_id), *ids)
             return deleted
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
 
     async def _delete_one(self, subscription_id: str) -> Any:
         args = [f"{self.base}:filter:", f"{self.base}:subscriber:", subscription_id]
@@ -293,7 +284,7 @@ class RedisSubscriptions(SubscriptionStore):
 
     async def matching(self, tag: str) -> list[Subscription]:
         keys = [self.filter_key(candidate) for candidate in candidate_filters(tag)]
-        try:
+        with redis_failures():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.smembers(key)
@@ -320,8 +311,6 @@ class RedisSubscriptions(SubscriptionStore):
                         pipe.srem(key, raw_id)
                     await pipe.execute()
             return subscriptions
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
 
 
 def _text(value: bytes | str) -> str:

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from bayeux.redis_client import open_redis
 
 from .model import ChatSession, Event
-from .store import ChatStore, StoreUnavailable
+from .store import ChatStore, redis_failures
 
 log = logging.getLogger("gms.chat.redis")
 
@@ -211,10 +211,8 @@ class RedisChatStore(ChatStore):
 
     # -- helpers -------------------------------------------------------------------------
     async def _call(self, awaitable: Awaitable[T]) -> T:
-        try:
+        with redis_failures():
             return await awaitable
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
 
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import copy
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import orjson
@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, WatchError
 from bayeux.redis_client import open_redis
 
 from .routing_store import Records, RoutingStore
-from .store import StoreUnavailable
+from .store import StoreUnavailable, redis_failures
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 50
@@ -85,18 +85,6 @@ class RedisRoutingStore(RoutingStore):
                     pipe.set(key, orjson.dumps(record))
             await pipe.execute()
             return result
-
-
-@contextlib.contextmanager
-def redis_failures() -> Iterator[None]:
-    """Redis failing (down, or the connection lost) as `StoreUnavailable`, which the APIs
-    answer with 503; a WATCH conflict is no failure and passes through."""
-    try:
-        yield
-    except WatchError:
-        raise
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
 
 def _decode(names: list[str], values: list[bytes | str | None]) -> Records:

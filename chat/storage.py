@@ -10,11 +10,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import orjson
-from redis.exceptions import RedisError
 
 from bayeux.redis_client import open_redis
 
-from .store import StoreUnavailable
+from .store import redis_failures
 
 
 @dataclass
@@ -135,21 +134,17 @@ class RedisStorage(StorageBackend):
             else:
                 mapping[f"s:{name}"] = value.encode()
         key = self.key(area_id)
-        try:
+        with redis_failures():
             async with self._redis.pipeline(transaction=True) as pipe:
                 if not merge:
                     pipe.delete(key)
                 pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
                 pipe.expire(key, ttl_s)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
 
     async def get(self, area_id: str) -> StorageArea | None:
-        try:
+        with redis_failures():
             raw: dict[bytes, bytes] = await self._redis.hgetall(self.key(area_id))  # type: ignore[assignment]
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
         if not raw:
             return None
         owner = raw.get(b"owner", b"").decode() or None
@@ -164,25 +159,19 @@ class RedisStorage(StorageBackend):
         return area
 
     async def delete(self, area_id: str) -> bool:
-        try:
+        with redis_failures():
             return bool(await self._redis.delete(self.key(area_id)))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
 
     async def set_if_absent(self, area_id: str, name: str, value: str) -> bool:
         # HSETNX alone would make an expired area again, without an expiry.
-        try:
+        with redis_failures():
             key = self.key(area_id)
             done = await self._redis.eval(_SET_IF_ABSENT, 1, key, f"s:{name}", value)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
         return bool(done)
 
     async def remove_value(self, area_id: str, name: str) -> None:
-        try:
+        with redis_failures():
             await self._redis.hdel(self.key(area_id), f"s:{name}")
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
 
 
 _SET_IF_ABSENT = """

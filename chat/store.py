@@ -9,15 +9,30 @@ index. The memory store serves one process; the Redis store (redis_store.py) man
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from redis.exceptions import RedisError, WatchError
 
 from .model import ChatSession, Event
 
 
 class StoreUnavailable(Exception):
     """The store cannot answer now; the client may retry (`statusCode` 1)."""
+
+
+@contextlib.contextmanager
+def redis_failures() -> Iterator[None]:
+    """Redis failing (down, or the connection lost) as `StoreUnavailable`, which the APIs
+    answer with 503; a WATCH conflict is no failure and passes through."""
+    try:
+        yield
+    except WatchError:
+        raise
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
 
 
 class ChatStore(ABC):
