@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from bayeux.redis_client import open_redis
 
-from .store import redis_failures
+from .store import Recent, redis_failures
 
 MAX_TOKEN_LENGTH = 64
 """Longer cookie values are no token of ours: refused without looking them up."""
@@ -165,7 +165,7 @@ class RedisLoginStore(LoginStore):
         self._add = self._redis.register_script(_ADD)
         self._use_script = self._redis.register_script(_USE)
         self._remove_agent = self._redis.register_script(_REMOVE_AGENT)
-        self._checked: OrderedDict[str, tuple[AgentLogin, float]] = OrderedDict()
+        self._checked = Recent[tuple[AgentLogin, float]](MAX_CHECKED)
         """token -> (login, when Redis last confirmed it), oldest first."""
 
     def login_key(self, token: str) -> str:
@@ -191,19 +191,16 @@ class RedisLoginStore(LoginStore):
         args: list[str | int] = [self._ttl_ms(), _now_ms(), self.index_key(""), token]
         with redis_failures():
             found = await self._use_script(keys=[self.login_key(token)], args=args)
-        self._checked.pop(token, None)
+        self._checked.drop(token)
         if not found:
             return None
         name, csrf = (value.decode() if isinstance(value, bytes) else value for value in found)
         login = AgentLogin(token, name, csrf)
-        self._checked[token] = (login, time.monotonic())
-        if len(self._checked) > MAX_CHECKED:
-            self._checked.popitem(last=False)
+        self._checked.put(token, (login, time.monotonic()))
         return login
 
     async def remove_agent(self, name: str) -> None:
-        for token in [t for t, (login, _) in self._checked.items() if login.name == name]:
-            del self._checked[token]
+        self._checked.drop_where(lambda checked: checked[0].name == name)
         keys = [self.index_key(name)]
         with redis_failures():
             await self._remove_agent(keys=keys, args=[self.login_key("")])

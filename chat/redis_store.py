@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from redis import asyncio as aioredis
@@ -35,7 +34,7 @@ from redis.exceptions import RedisError
 from bayeux.redis_client import open_redis
 
 from .model import ChatSession, Event
-from .store import ChatStore, redis_failures
+from .store import ChatStore, Recent, redis_failures
 
 log = logging.getLogger("gms.chat.redis")
 
@@ -59,9 +58,9 @@ class RedisChatStore(ChatStore):
         self._retire = self._redis.register_script(_RETIRE)
         self._expire_key = self._redis.register_script(_EXPIRE_KEY_IF_OPENS)
         self._claim = self._redis.register_script(_CLAIM_DUE)
-        self._recent = _Recent[tuple[bytes, int]]()
+        self._recent = Recent[tuple[bytes, int]](RECENT)
         """chat id -> (record JSON, version) as last loaded or committed here."""
-        self._key_owners = _Recent[str]()
+        self._key_owners = Recent[str](RECENT)
         """secure key -> chat id; the engine checks that the key still opens the chat."""
 
     # -- names ---------------------------------------------------------------------------
@@ -221,27 +220,6 @@ def _session(record: bytes, version: int) -> ChatSession:
     session.version = version
     return session
 
-
-class _Recent(Generic[T]):
-    """A map that keeps its `RECENT` most recently used entries."""
-
-    def __init__(self) -> None:
-        self._items: OrderedDict[str, T] = OrderedDict()
-
-    def get(self, key: str) -> T | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
-
-    def put(self, key: str, item: T) -> None:
-        self._items[key] = item
-        self._items.move_to_end(key)
-        if len(self._items) > RECENT:
-            self._items.popitem(last=False)
-
-    def drop(self, key: str) -> None:
-        self._items.pop(key, None)
 
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value)

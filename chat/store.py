@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import heapq
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from redis.exceptions import RedisError, WatchError
 
@@ -33,6 +35,37 @@ def redis_failures() -> Iterator[None]:
         raise
     except (RedisError, OSError) as exc:
         raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+
+
+T = TypeVar("T")
+
+
+class Recent(Generic[T]):
+    """A map that keeps its `size` most recently used entries: what a node remembers of a
+    shared store's answers, so that it need not ask again."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, T] = OrderedDict()
+
+    def get(self, key: str) -> T | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, item: T) -> None:
+        self._items[key] = item
+        self._items.move_to_end(key)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def drop_where(self, forget: Callable[[T], bool]) -> None:
+        for key in [key for key, item in self._items.items() if forget(item)]:
+            del self._items[key]
 
 
 class ChatStore(ABC):

@@ -42,6 +42,7 @@ from typing import Any, TextIO
 
 import psutil
 from bayeux_client import BayeuxClient, BayeuxError, Endpoint, ReplayClient
+from bench_process import wait_until_up
 from bench_redis import RedisServer, command_delta, per_publish
 from bench_stats import Histogram, Phase, PhaseCounters, Recorder
 
@@ -498,19 +499,14 @@ class Server:
         return cls(url, pid, name=name)
 
     def wait_healthy(self, port: int, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                tail = self.log.read_text()[-2000:] if self.log else ""
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{tail}")
+        def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as rsp:
-                    if rsp.status == 200:
-                        return
+                    return bool(rsp.status == 200)
             except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not healthy after {timeout:.0f}s")
+                return False
+
+        wait_until_up("server", self.proc, self.log, healthy, timeout)
 
     def rss_kb(self) -> int | None:
         return proc_rss_kb(self.process)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
+from bench_process import wait_until_up
 
 # What each command a node sends is for; anything not listed counts as "other".
 COMMAND_GROUPS: dict[str, str] = {
@@ -88,18 +88,14 @@ class RedisServer:
         return cls(host, parts.port or 6379)
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                tail = self.log.read_text()[-2000:] if self.log else ""
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{tail}")
-            try:
-                if self.client.ping():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server not answering on port {self.port} after {timeout}s")
+        wait_until_up(f"redis-server on port {self.port}", self.proc, self.log, self._pings,
+                      timeout)
+
+    def _pings(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
 
     @property
     def pid(self) -> int | None:
